@@ -1,0 +1,158 @@
+"""Teacher registry: pre-trained audio models whose embeddings the students learn from.
+
+Each teacher lives in one self-contained file of this package and registers a class with
+``@register_teacher("name")``. A teacher turns a batch of mono waveforms at its own sample rate
+into one embedding sequence per clip::
+
+    teacher = create_teacher("musicnn", device="cpu")
+    [emb] = teacher.embed([waveform])        # (n_frames, teacher.dim) float32
+
+Teachers run only in stage one (extraction); training reads their cached output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import pipeline
+
+TEACHERS: dict[str, type[Teacher]] = {}
+
+# Modules imported lazily by ``create_teacher`` so that listing teachers never imports a
+# model package (some of them do network I/O at import time).
+_TEACHER_MODULES = {"musicnn": "musicnn", "panns": "panns"}
+
+
+class Teacher(ABC):
+    """What every teacher offers.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"panns"``.
+    sample_rate_hz : int
+        Rate the waveforms given to :meth:`embed` must have.
+    hop_s : float or None
+        Seconds between embedding frames; ``None`` for a clip-level teacher (one frame).
+    dim : int
+        Embedding width D.
+    min_duration_s : float
+        Shorter clips cannot be embedded and are reported as failures.
+    """
+
+    name: str
+    sample_rate_hz: int
+    hop_s: float | None
+    dim: int
+    min_duration_s: float = 0.0
+
+    @abstractmethod
+    def embed(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Embed a batch of mono float32 waveforms (any lengths) → one (n_frames, dim) array each."""
+
+    @abstractmethod
+    def num_frames(self, n_samples: int) -> int:
+        """Frames :meth:`embed` returns for a waveform of ``n_samples`` samples."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the embeddings; a store made with another one is stale."""
+        return {
+            "teacher": self.name,
+            "sample_rate_hz": self.sample_rate_hz,
+            "hop_s": self.hop_s,
+            "dim": self.dim,
+            "code": source_digest(type(self)),
+            "pipeline_version": pipeline.__version__,
+            **self.options(),
+        }
+
+    def options(self) -> dict[str, Any]:
+        """Teacher-specific settings and weight identity, merged into :meth:`fingerprint`."""
+        return {}
+
+
+def register_teacher(name: str) -> Callable[[type[Teacher]], type[Teacher]]:
+    def add(cls: type[Teacher]) -> type[Teacher]:
+        cls.name = name
+        TEACHERS[name] = cls
+        return cls
+
+    return add
+
+
+def list_teachers() -> list[str]:
+    return sorted(_TEACHER_MODULES)
+
+
+def create_teacher(name: str, **options: Any) -> Teacher:
+    """Build a registered teacher; ``None``-valued options are dropped so defaults apply."""
+    if name not in _TEACHER_MODULES:
+        raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(list_teachers())}")
+    importlib.import_module(f"{__name__}.{_TEACHER_MODULES[name]}")
+    return TEACHERS[name](**{k: v for k, v in options.items() if v is not None})
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A teacher's weights file is not where it was looked for."""
+
+
+def resolve_weights(
+    *,
+    teacher: str,
+    filename: str,
+    explicit: str | os.PathLike | None,
+    env_var: str,
+    default_dir: Path,
+    download: str,
+) -> Path:
+    """Find a weights file: explicit path, then ``$env_var``, then the package's usual cache.
+
+    Raises :class:`MissingWeightsError` with one message that says which file is missing, where
+    it was looked for, where to put it and how to download it on a machine with internet.
+    Nothing is ever downloaded here.
+    """
+    candidates: list[tuple[str, Path]] = []
+    if explicit:
+        candidates.append(("given path", Path(explicit).expanduser()))
+    if os.environ.get(env_var):
+        candidates.append((f"${env_var}", Path(os.environ[env_var]).expanduser()))
+    candidates.append(("default location", default_dir.expanduser() / filename))
+    for _, path in candidates:
+        if path.is_file():
+            return path
+    looked = "; ".join(f"{how}: {path}" for how, path in candidates)
+    raise MissingWeightsError(
+        f"{teacher} weights {filename!r} not found (looked at {looked}). "
+        f"Put the file at {default_dir.expanduser() / filename}, or point ${env_var} or "
+        f"WEIGHTS=<path> at it. To download it on a machine with internet: {download}"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in a process."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_digest(obj: Any) -> str:
+    """Short hash of the source file defining ``obj``: a code change makes old caches stale."""
+    return hashlib.sha256(Path(inspect.getfile(obj)).read_bytes()).hexdigest()[:16]
