@@ -57,6 +57,8 @@ def load_audio(
     np.ndarray, shape (n_samples,), float32
     """
     name = clip if clip is not None else str(path)
+    if not os.path.isfile(path):
+        raise UndecodableAudio(name, f"file not found: {os.fspath(path)!r}")
     try:
         with sf.SoundFile(path) as f:
             native_sr = f.samplerate

@@ -1,0 +1,64 @@
+# Thin wrappers over `python -m pipeline <stage>`; run `make help` for the list.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= data
+
+DATASET ?= demo
+TEACHER ?= musicnn
+ROOT    ?=
+CSV     ?=
+CLIPS   ?=
+WEIGHTS ?=
+DEVICE  ?=
+# Extra teacher options, e.g. TEACHER_OPTS="layer=penultimate batch_size=32"
+TEACHER_OPTS ?=
+
+CLI := $(PY) -m pipeline --data-dir $(DATA)
+
+.PHONY: help setup data extract test lint format clean-venv
+
+help:
+	@echo "make setup                                  virtual env with everything (.venv)"
+	@echo "make data DATASET=demo [CLIPS=N]            render the offline default dataset"
+	@echo "make data DATASET=openmic ROOT=<release>    manifest from OpenMIC-2018"
+	@echo "make data DATASET=magnatagatune ROOT=<dir>  manifest from MagnaTagATune"
+	@echo "make data DATASET=<name> CSV=<file.csv>     manifest from your own CSV"
+	@echo "make extract DATASET=... TEACHER=...        stage one: teacher embeddings (resumable)"
+	@echo "make test                                   the test suite"
+	@echo "make lint                                   ruff"
+
+setup: $(VENV)/.installed
+
+# torch is installed first and pinned: a bare `torch` requirement would pull a CUDA build.
+# musicnn (pretrained weights only) and tinysoundfont declare requirements that cannot be
+# installed and are not needed, hence --no-deps.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0 tinysoundfont==0.3.7
+	$(PY) -m pip install --quiet -e '.[demo,dev]'
+	touch $@
+
+data: setup
+	$(CLI) data $(DATASET) $(if $(ROOT),--root $(ROOT)) $(if $(CSV),--csv $(CSV)) \
+		$(if $(CLIPS),--clips $(CLIPS))
+
+extract: setup
+	$(CLI) extract $(DATASET) $(TEACHER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+		$(if $(DEVICE),--device $(DEVICE)) $(foreach o,$(TEACHER_OPTS),-o $(o))
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check pipeline tests
+	$(VENV)/bin/ruff format --check pipeline tests
+
+format: setup
+	$(VENV)/bin/ruff format pipeline tests
+	$(VENV)/bin/ruff check --fix pipeline tests
+
+clean-venv:
+	rm -rf $(VENV)

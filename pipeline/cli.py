@@ -1,0 +1,160 @@
+"""Command line: one subcommand per stage (``python -m pipeline <stage> --help``).
+
+Every Make target calls one of these; each is a thin layer over a library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = Path("data")
+
+
+def manifest_path(data_dir: Path, dataset: str) -> Path:
+    return data_dir / "manifests" / f"{dataset}.parquet"
+
+
+def store_path(data_dir: Path, dataset: str, name: str) -> Path:
+    return data_dir / "cache" / dataset / f"{name}.zarr"
+
+
+def _safe_name(value: str) -> str:
+    """Dataset and teacher names become folder names: letters, digits, '-', '_', '.' only."""
+    if not value or value.startswith(".") or not all(c.isalnum() or c in "-_." for c in value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: use letters, digits, '-', '_' and '.' (not leading)"
+        )
+    return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from pipeline.datasets import build_manifest, list_datasets
+
+    source = args.dataset if args.dataset in list_datasets() else "csv"
+    if source == "csv" and args.csv is None:
+        raise SystemExit(
+            f"unknown dataset {args.dataset!r}: choose one of {list_datasets()} "
+            "or give --csv FILE for your own dataset"
+        )
+    manifest = build_manifest(
+        source,
+        name=args.dataset,
+        root=args.root,
+        csv=args.csv,
+        out_dir=args.data_dir / "datasets" / args.dataset,
+        clips=args.clips,
+        seed=args.seed,
+    )
+    out = manifest.write(manifest_path(args.data_dir, args.dataset))
+    counts = manifest.clips["split"].value_counts().to_dict()
+    known = manifest.mask().mean()
+    print(
+        f"{out}: {len(manifest)} clips ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}),"
+        f" {len(manifest.classes)} classes, {known:.0%} of labels known"
+    )
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.extract import extract
+    from pipeline.manifest import Manifest
+    from pipeline.teachers import create_teacher
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    manifest = Manifest.read(manifest_path(args.data_dir, args.dataset))
+    teacher = create_teacher(args.teacher, weights=args.weights, device=device, **dict(args.option))
+    out = store_path(args.data_dir, args.dataset, args.name or args.teacher)
+    summary = extract(
+        manifest,
+        teacher,
+        out,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        jobs=args.jobs,
+        max_duration_s=args.max_duration,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.datasets import list_datasets
+    from pipeline.teachers import list_teachers
+
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                        help="root of everything generated (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="build a dataset manifest",
+                       description="Build data/manifests/DATASET.parquet from a release.")
+    p.add_argument("dataset", type=_safe_name,
+                   help=f"one of {', '.join(list_datasets())}, or any name with --csv")
+    p.add_argument("--root", type=Path, help="release folder (openmic, magnatagatune)")
+    p.add_argument("--csv", type=Path, help="your own CSV: clip_id, path, split, one column per class")
+    p.add_argument("--clips", type=int, help="demo: number of clips to render")
+    p.add_argument("--seed", type=int, help="demo: random seed; openmic: validation split seed")
+    p.set_defaults(run=cmd_data)
+
+    p = sub.add_parser("extract", help="stage one: teacher embeddings into a clip store",
+                       description="Embed every clip of a manifest with a teacher into "
+                       "data/cache/DATASET/TEACHER.zarr; resumes an interrupted run.")
+    p.add_argument("dataset", type=_safe_name)
+    p.add_argument("teacher", choices=list_teachers())
+    p.add_argument("--weights", help="teacher weights file (default: env var, then package cache)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("-o", "--option", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="teacher option, e.g. layer=penultimate")
+    p.add_argument("--name", type=_safe_name, help="store name (default: the teacher's name)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per teacher call")
+    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (unit of resume)")
+    p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
+    p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_extract)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.audio import AudioError
+    from pipeline.extract import ExtractionError
+    from pipeline.manifest import ManifestError
+    from pipeline.store import StoreError
+    from pipeline.teachers import MissingWeightsError
+
+    try:
+        return args.run(args)
+    except (ManifestError, StoreError, MissingWeightsError, ExtractionError, AudioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""OpenMIC-2018 release → manifest.
+
+Expected under ``root`` (the unpacked release)::
+
+    openmic-2018.npz                 Y_true (N, 20) float, Y_mask (N, 20) bool, sample_key (N,)
+    class-map.json                   {instrument name: column index}
+    partitions/split01_train.csv     one sample key per line, no header
+    partitions/split01_test.csv
+    audio/<key[:3]>/<key>.ogg
+
+Labels: a label is known where ``Y_mask`` is True and ``Y_true`` != 0.5; known labels are
+``Y_true > 0.5``. Keys listed in neither partition file are left out of the manifest.
+
+Validation split: the train partition's keys are sorted, permuted with
+``numpy.random.default_rng(seed).permutation`` and the first ``round(valid_fraction * n_train)``
+of that permutation become "valid". Sorting first makes the split independent of the order of
+lines in the partition file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.datasets import register_dataset
+from pipeline.manifest import Manifest, ManifestError, _listing, make_manifest
+
+NPZ_NAME = "openmic-2018.npz"
+CLASS_MAP_NAME = "class-map.json"
+TRAIN_PARTITION = Path("partitions/split01_train.csv")
+TEST_PARTITION = Path("partitions/split01_test.csv")
+_NPZ_ARRAYS = ("Y_true", "Y_mask", "sample_key")
+_EXPECTED = {
+    Path(NPZ_NAME): "the label archive (Y_true, Y_mask, sample_key)",
+    Path(CLASS_MAP_NAME): "the JSON map of instrument name → label column",
+    TRAIN_PARTITION: "the split01 train partition (one sample key per line)",
+    TEST_PARTITION: "the split01 test partition (one sample key per line)",
+}
+
+
+@register_dataset("openmic")
+def openmic(
+    *, root: Path, valid_fraction: float = 0.15, seed: int = 2022, **_: object
+) -> Manifest:
+    """Build the OpenMIC-2018 manifest (split01, with a seeded validation hold-out)."""
+    root = Path(root).expanduser()
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ManifestError(f"openmic: valid_fraction must be in [0, 1), got {valid_fraction}")
+    _require_files(root)
+    keys, y_true, y_mask = _load_labels(root / NPZ_NAME)
+    classes = _load_classes(root / CLASS_MAP_NAME, n_columns=y_true.shape[1])
+    train = _read_partition(root / TRAIN_PARTITION)
+    test = _read_partition(root / TEST_PARTITION)
+    split_of = _assign_splits(train, test, known=set(keys), valid_fraction=valid_fraction, seed=seed)
+
+    rows = [i for i, key in enumerate(keys) if key in split_of]
+    kept = [keys[i] for i in rows]
+    known = y_mask[rows] & (y_true[rows] != 0.5)
+    return make_manifest(
+        "openmic",
+        clip_ids=kept,
+        paths=[root / "audio" / key[:3] / f"{key}.ogg" for key in kept],
+        splits=[split_of[key] for key in kept],
+        classes=classes,
+        labels=(y_true[rows] > 0.5).astype(np.int8),
+        mask=known,
+    )
+
+
+def _require_files(root: Path) -> None:
+    missing = [f"{rel} ({what})" for rel, what in _EXPECTED.items() if not (root / rel).is_file()]
+    if missing:
+        raise ManifestError(
+            f"openmic: {root} is not an unpacked OpenMIC-2018 release; missing "
+            + "; ".join(missing)
+        )
+
+
+def _load_labels(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(sample keys, Y_true (N, C) float, Y_mask (N, C) bool) from the release archive."""
+    try:
+        archive = np.load(path, allow_pickle=True)  # sample_key is an object array
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"openmic: cannot read {path} as a .npz archive ({err})") from None
+    with archive:
+        absent = [name for name in _NPZ_ARRAYS if name not in archive.files]
+        if absent:
+            raise ManifestError(f"openmic: {path} lacks the arrays {absent}")
+        keys = [str(k) for k in archive["sample_key"]]
+        y_true = np.asarray(archive["Y_true"], dtype=np.float64)
+        y_mask = np.asarray(archive["Y_mask"], dtype=bool)
+    if y_true.ndim != 2 or y_true.shape != y_mask.shape or len(keys) != len(y_true):
+        raise ManifestError(
+            f"openmic: {path}: sample_key {len(keys)}, Y_true {y_true.shape} and Y_mask "
+            f"{y_mask.shape} do not line up"
+        )
+    return keys, y_true, y_mask
+
+
+def _load_classes(path: Path, *, n_columns: int) -> list[str]:
+    """Class names ordered by their column index; the indices must be exactly 0..n_columns-1."""
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"openmic: cannot read {path} as JSON ({err})") from None
+    valid = isinstance(mapping, dict) and all(type(v) is int for v in mapping.values())
+    if not valid or sorted(mapping.values()) != list(range(n_columns)):
+        raise ManifestError(
+            f"openmic: {path} must map {n_columns} class names to the indices 0..{n_columns - 1}"
+        )
+    return sorted(mapping, key=mapping.__getitem__)
+
+
+def _read_partition(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [key for key in (line.strip() for line in lines) if key]
+
+
+def _assign_splits(
+    train: list[str], test: list[str], *, known: set[str], valid_fraction: float, seed: int
+) -> dict[str, str]:
+    """Map every partitioned key to train / valid / test (see the module docstring)."""
+    both = sorted(set(train) & set(test))
+    if both:
+        raise ManifestError(f"openmic: keys in both train and test partitions: {_listing(both)}")
+    unknown = sorted((set(train) | set(test)) - known)
+    if unknown:
+        raise ManifestError(
+            f"openmic: partition keys absent from {NPZ_NAME}: {_listing(unknown)}"
+        )
+    train_keys = sorted(set(train))
+    order = np.random.default_rng(seed).permutation(len(train_keys))
+    n_valid = round(valid_fraction * len(train_keys))
+    valid = {train_keys[i] for i in order[:n_valid]}
+    split_of = {key: "valid" if key in valid else "train" for key in train_keys}
+    split_of.update(dict.fromkeys(test, "test"))
+    return split_of

@@ -1,0 +1,191 @@
+"""Stage one: run a teacher over every clip of a manifest, into a clip store.
+
+Worker processes (joblib) decode and resample the next batches while the teacher embeds the
+current one; each finished shard is written once with its done marker, so a killed run resumes
+where it stopped. Clips that cannot be decoded or embedded are recorded with their cause and
+left at zero frames; they never abort the run unless more than ``max_failed_fraction`` fail.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from pipeline.audio import AudioError, load_audio
+from pipeline.manifest import Manifest
+from pipeline.store import ShardPlan, open_store
+from pipeline.teachers import Teacher
+
+
+class ExtractionError(RuntimeError):
+    """Too many clips failed: the inputs or the settings are likely wrong."""
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    clips: int
+    embedded: int
+    failed: dict[str, str] = field(default_factory=dict)
+    shards_written: int = 0
+    shards_skipped: int = 0
+    processed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        """Clips handled by this run (decoded and embedded, or failed) per second."""
+        return self.processed / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "clips_per_s": round(self.clips_per_s, 2)}
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.store}: {self.embedded}/{self.clips} clips embedded, {len(self.failed)} failed; "
+            f"{self.shards_written} shards written, {self.shards_skipped} already done; "
+            f"{self.seconds:.1f} s ({self.clips_per_s:.1f} clips/s)"
+        ]
+        lines += [f"  failed {clip}: {cause}" for clip, cause in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def _decode(
+    clips: Sequence[tuple[str, str]], sr_hz: int, min_duration_s: float, max_duration_s: float | None
+) -> list[np.ndarray | str]:
+    """Decode clips in a worker: a waveform per clip, or the failure's message."""
+    out: list[np.ndarray | str] = []
+    for clip_id, path in clips:
+        try:
+            out.append(
+                load_audio(path, sr_hz=sr_hz, min_duration_s=min_duration_s,
+                           max_duration_s=max_duration_s, clip=clip_id)
+            )
+        except AudioError as err:
+            out.append(err.cause)
+    return out
+
+
+def _embed(teacher: Teacher, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
+    """Embed the decoded clips of a batch; a teacher error is pinned to a clip by retrying singly."""
+    ok = [i for i, w in enumerate(waves) if not isinstance(w, str)]
+    results: list[np.ndarray | str] = list(waves)
+    try:
+        for i, emb in zip(ok, teacher.embed([waves[i] for i in ok]), strict=True):
+            results[i] = emb
+    except Exception:  # noqa: BLE001 - isolate the clip that breaks the model, keep the rest
+        for i in ok:
+            try:
+                [results[i]] = teacher.embed([waves[i]])
+            except Exception as err:  # noqa: BLE001
+                results[i] = f"{teacher.name} failed: {type(err).__name__}: {err}"
+    for i, r in enumerate(results):
+        if not isinstance(r, str) and not np.isfinite(r).all():
+            results[i] = f"{teacher.name} produced non-finite values for {clip_ids[i]}"
+    return results
+
+
+def _batches(
+    shards: Sequence[ShardPlan], todo: Sequence[int], batch_size: int
+) -> Iterator[tuple[int, int, int]]:
+    """(shard, start, stop) row ranges of at most ``batch_size`` clips, shard by shard."""
+    for plan in (shards[k] for k in todo):
+        for start in range(plan.start, plan.stop, batch_size):
+            yield plan.index, start, min(start + batch_size, plan.stop)
+
+
+def max_frames_for(manifest: Manifest, teacher: Teacher, max_duration_s: float | None) -> int:
+    durations = manifest.clips["duration_s"].to_numpy(dtype=float)
+    if np.isnan(durations).all():
+        raise ExtractionError(f"{manifest.name}: no clip has a readable duration")
+    longest = float(np.nanmax(durations))
+    if max_duration_s is not None:
+        longest = min(longest, max_duration_s)
+    return max(1, teacher.num_frames(math.ceil(longest * teacher.sample_rate_hz)))
+
+
+def extract(
+    manifest: Manifest,
+    teacher: Teacher,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    shard_size: int = 256,
+    jobs: int | None = None,
+    max_duration_s: float | None = None,
+    max_failed_fraction: float = 0.2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Embed every clip of ``manifest`` with ``teacher`` into the store at ``out``.
+
+    Parameters
+    ----------
+    batch_size : int > 0 -- clips per teacher call (and per decode task)
+    shard_size : int > 0 -- clips per shard, the unit of writing and resuming
+    jobs : decode worker processes; default: CPU count − 1 (at least 1)
+    max_duration_s : keep only the first seconds of each clip
+    max_failed_fraction : abort without marking the store complete above this failure rate
+    overwrite : delete an existing store (also one made with other settings) first
+    """
+    started = time.perf_counter()
+    clip_ids = manifest.clip_ids
+    store = open_store(
+        out,
+        fingerprint=teacher.fingerprint(),
+        clip_ids=clip_ids,
+        dim=teacher.dim,
+        max_frames=max_frames_for(manifest, teacher, max_duration_s),
+        shard_size=shard_size,
+        overwrite=overwrite,
+    )
+    shards = store.shards()
+    done = store.done_shards()
+    todo = [p.index for p in shards if p.index not in done]
+    summary = ExtractSummary(str(out), len(clip_ids), 0, shards_skipped=len(done))
+    paths = manifest.clips["path"].tolist()
+    batches = list(_batches(shards, todo, batch_size))
+    jobs = jobs or max(1, (os.cpu_count() or 2) - 1)
+    decoded = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs")(
+        delayed(_decode)(
+            list(zip(clip_ids[a:b], paths[a:b], strict=True)),
+            teacher.sample_rate_hz, teacher.min_duration_s, max_duration_s,
+        )
+        for _, a, b in batches
+    )
+    pending: dict[int, list[np.ndarray | str]] = {}
+    bar = tqdm(total=sum(shards[k].stop - shards[k].start for k in todo),
+               unit="clip", desc=f"{teacher.name} → {Path(out).name}", disable=not progress)
+    with bar:
+        for (shard, a, b), waves in zip(batches, decoded, strict=True):
+            pending.setdefault(shard, []).extend(_embed(teacher, clip_ids[a:b], waves))
+            bar.update(b - a)
+            summary.processed += b - a
+            plan = shards[shard]
+            if b == plan.stop:
+                results = pending.pop(shard)
+                failures = {
+                    clip_ids[plan.start + i]: r for i, r in enumerate(results) if isinstance(r, str)
+                }
+                store.write_shard(shard, [None if isinstance(r, str) else r for r in results],
+                                  failures)
+                summary.shards_written += 1
+    summary.seconds = time.perf_counter() - started
+    summary.failed = store.failures()
+    summary.embedded = int((store.n_frames > 0).sum())
+    if len(summary.failed) > max_failed_fraction * len(clip_ids):
+        raise ExtractionError(
+            f"{len(summary.failed)} of {len(clip_ids)} clips failed (limit "
+            f"{max_failed_fraction:.0%}); the store is kept but not marked complete.\n{summary}"
+        )
+    store.mark_complete(summary.as_dict())
+    return summary
