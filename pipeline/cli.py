@@ -63,9 +63,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     out = manifest.write(manifest_path(args.data_dir, args.dataset))
     counts = manifest.clips["split"].value_counts().to_dict()
     known = manifest.mask().mean()
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(
-        f"{out}: {len(manifest)} clips ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}),"
-        f" {len(manifest.classes)} classes, {known:.0%} of labels known"
+        f"{out}: {len(manifest)} clips ({splits}), "
+        f"{len(manifest.classes)} classes, {known:.0%} of labels known"
     )
     return 0
 
@@ -101,30 +102,52 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.teachers import list_teachers
 
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
-                        help="root of everything generated (default: %(default)s)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DATA_DIR,
+        help="root of everything generated (default: %(default)s)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="build a dataset manifest",
-                       description="Build data/manifests/DATASET.parquet from a release.")
-    p.add_argument("dataset", type=_safe_name,
-                   help=f"one of {', '.join(list_datasets())}, or any name with --csv")
+    p = sub.add_parser(
+        "data",
+        help="build a dataset manifest",
+        description="Build data/manifests/DATASET.parquet from a release.",
+    )
+    p.add_argument(
+        "dataset",
+        type=_safe_name,
+        help=f"one of {', '.join(list_datasets())}, or any name with --csv",
+    )
     p.add_argument("--root", type=Path, help="release folder (openmic, magnatagatune)")
-    p.add_argument("--csv", type=Path, help="your own CSV: clip_id, path, split, one column per class")
+    p.add_argument(
+        "--csv", type=Path, help="your own CSV: clip_id, path, split, one column per class"
+    )
     p.add_argument("--clips", type=int, help="demo: number of clips to render")
     p.add_argument("--seed", type=int, help="demo: random seed; openmic: validation split seed")
     p.set_defaults(run=cmd_data)
 
-    p = sub.add_parser("extract", help="stage one: teacher embeddings into a clip store",
-                       description="Embed every clip of a manifest with a teacher into "
-                       "data/cache/DATASET/TEACHER.zarr; resumes an interrupted run.")
+    p = sub.add_parser(
+        "extract",
+        help="stage one: teacher embeddings into a clip store",
+        description="Embed every clip of a manifest with a teacher into "
+        "data/cache/DATASET/TEACHER.zarr; resumes an interrupted run.",
+    )
     p.add_argument("dataset", type=_safe_name)
     p.add_argument("teacher", choices=list_teachers())
     p.add_argument("--weights", help="teacher weights file (default: env var, then package cache)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("-o", "--option", type=_key_value, action="append", default=[],
-                   metavar="KEY=VALUE", help="teacher option, e.g. layer=penultimate")
+    p.add_argument(
+        "-o",
+        "--option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="teacher option, e.g. layer=penultimate",
+    )
     p.add_argument("--name", type=_safe_name, help="store name (default: the teacher's name)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per teacher call")
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard (unit of resume)")
@@ -138,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     from pipeline.audio import AudioError
     from pipeline.extract import ExtractionError
     from pipeline.manifest import ManifestError

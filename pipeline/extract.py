@@ -51,7 +51,8 @@ class ExtractSummary:
 
     def __str__(self) -> str:
         lines = [
-            f"{self.store}: {self.embedded}/{self.clips} clips embedded, {len(self.failed)} failed; "
+            f"{self.store}: {self.embedded}/{self.clips} clips embedded, "
+            f"{len(self.failed)} failed; "
             f"{self.shards_written} shards written, {self.shards_skipped} already done; "
             f"{self.seconds:.1f} s ({self.clips_per_s:.1f} clips/s)"
         ]
@@ -60,15 +61,23 @@ class ExtractSummary:
 
 
 def _decode(
-    clips: Sequence[tuple[str, str]], sr_hz: int, min_duration_s: float, max_duration_s: float | None
+    clips: Sequence[tuple[str, str]],
+    sr_hz: int,
+    min_duration_s: float,
+    max_duration_s: float | None,
 ) -> list[np.ndarray | str]:
     """Decode clips in a worker: a waveform per clip, or the failure's message."""
     out: list[np.ndarray | str] = []
     for clip_id, path in clips:
         try:
             out.append(
-                load_audio(path, sr_hz=sr_hz, min_duration_s=min_duration_s,
-                           max_duration_s=max_duration_s, clip=clip_id)
+                load_audio(
+                    path,
+                    sr_hz=sr_hz,
+                    min_duration_s=min_duration_s,
+                    max_duration_s=max_duration_s,
+                    clip=clip_id,
+                )
             )
         except AudioError as err:
             out.append(err.cause)
@@ -76,17 +85,17 @@ def _decode(
 
 
 def _embed(teacher: Teacher, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
-    """Embed the decoded clips of a batch; a teacher error is pinned to a clip by retrying singly."""
+    """Embed a batch's decoded clips; a teacher error is pinned to its clip by retrying singly."""
     ok = [i for i, w in enumerate(waves) if not isinstance(w, str)]
     results: list[np.ndarray | str] = list(waves)
     try:
         for i, emb in zip(ok, teacher.embed([waves[i] for i in ok]), strict=True):
             results[i] = emb
-    except Exception:  # noqa: BLE001 - isolate the clip that breaks the model, keep the rest
+    except Exception:
         for i in ok:
             try:
                 [results[i]] = teacher.embed([waves[i]])
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 results[i] = f"{teacher.name} failed: {type(err).__name__}: {err}"
     for i, r in enumerate(results):
         if not isinstance(r, str) and not np.isfinite(r).all():
@@ -158,13 +167,19 @@ def extract(
     decoded = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs")(
         delayed(_decode)(
             list(zip(clip_ids[a:b], paths[a:b], strict=True)),
-            teacher.sample_rate_hz, teacher.min_duration_s, max_duration_s,
+            teacher.sample_rate_hz,
+            teacher.min_duration_s,
+            max_duration_s,
         )
         for _, a, b in batches
     )
     pending: dict[int, list[np.ndarray | str]] = {}
-    bar = tqdm(total=sum(shards[k].stop - shards[k].start for k in todo),
-               unit="clip", desc=f"{teacher.name} → {Path(out).name}", disable=not progress)
+    bar = tqdm(
+        total=sum(shards[k].stop - shards[k].start for k in todo),
+        unit="clip",
+        desc=f"{teacher.name} → {Path(out).name}",
+        disable=not progress,
+    )
     with bar:
         for (shard, a, b), waves in zip(batches, decoded, strict=True):
             pending.setdefault(shard, []).extend(_embed(teacher, clip_ids[a:b], waves))
@@ -176,8 +191,9 @@ def extract(
                 failures = {
                     clip_ids[plan.start + i]: r for i, r in enumerate(results) if isinstance(r, str)
                 }
-                store.write_shard(shard, [None if isinstance(r, str) else r for r in results],
-                                  failures)
+                store.write_shard(
+                    shard, [None if isinstance(r, str) else r for r in results], failures
+                )
                 summary.shards_written += 1
     summary.seconds = time.perf_counter() - started
     summary.failed = store.failures()

@@ -133,9 +133,13 @@ def make_manifest(
         )
     abs_paths = [str(Path(p).expanduser().absolute()) for p in paths]
     if check_paths:
-        missing = [f"{c} ({p})" for c, p in zip(ids, abs_paths, strict=True) if not Path(p).is_file()]
+        missing = [
+            f"{c} ({p})" for c, p in zip(ids, abs_paths, strict=True) if not Path(p).is_file()
+        ]
         if missing:
-            raise ManifestError(f"{name}: {len(missing)} audio files do not exist: {_listing(missing)}")
+            raise ManifestError(
+                f"{name}: {len(missing)} audio files do not exist: {_listing(missing)}"
+            )
     if durations_s is None:
         durations_s = Parallel(n_jobs=8, prefer="threads")(
             delayed(probe_duration)(p) for p in abs_paths
@@ -148,8 +152,8 @@ def make_manifest(
             "duration_s": np.asarray(durations_s, dtype=np.float64),
         }
     )
-    label_frame = pd.DataFrame(
-        np.where(mask, labels, 0).astype(np.int8), columns=classes
-    ).astype("Int8")
+    label_frame = pd.DataFrame(np.where(mask, labels, 0).astype(np.int8), columns=classes).astype(
+        "Int8"
+    )
     label_frame = label_frame.mask(~mask)
     return Manifest(name, tuple(classes), pd.concat([clips, label_frame], axis=1))

@@ -104,7 +104,9 @@ class ClipStore:
 
     def shards(self) -> list[ShardPlan]:
         n, size = len(self), self.shard_size
-        return [ShardPlan(k, start, min(start + size, n)) for k, start in enumerate(range(0, n, size))]
+        return [
+            ShardPlan(k, start, min(start + size, n)) for k, start in enumerate(range(0, n, size))
+        ]
 
     # -- progress --------------------------------------------------------------------------
     def _marker(self, shard: int) -> Path:
@@ -134,7 +136,9 @@ class ClipStore:
         """
         plan = self.shards()[shard]
         if len(arrays) != plan.stop - plan.start:
-            raise ValueError(f"shard {shard} holds {plan.stop - plan.start} clips, got {len(arrays)}")
+            raise ValueError(
+                f"shard {shard} holds {plan.stop - plan.start} clips, got {len(arrays)}"
+            )
         block = np.zeros((len(arrays), self.max_frames, self.dim), dtype=self._group["data"].dtype)
         n_frames = np.zeros(len(arrays), dtype=np.int32)
         for i, array in enumerate(arrays):

@@ -54,15 +54,24 @@ def _manifest(tmp_path, specs):
             _write(path, seconds, first=0.25 if kind == "model-error" else None, seed=i)
         paths.append(path)
     n = len(specs)
-    return make_manifest("toy", clip_ids=[f"c{i}" for i in range(n)], paths=paths,
-                         splits=["train"] * n, classes=["a"], labels=np.zeros((n, 1)))
+    return make_manifest(
+        "toy",
+        clip_ids=[f"c{i}" for i in range(n)],
+        paths=paths,
+        splits=["train"] * n,
+        classes=["a"],
+        labels=np.zeros((n, 1)),
+    )
 
 
 def test_extract_writes_every_clip_in_manifest_order(tmp_path):
-    manifest = _manifest(tmp_path, [(2.0, "ok"), (1.2, "ok"), (3.0, "ok"), (2.5, "ok"), (1.0, "ok")])
+    manifest = _manifest(
+        tmp_path, [(2.0, "ok"), (1.2, "ok"), (3.0, "ok"), (2.5, "ok"), (1.0, "ok")]
+    )
     teacher = FrameStats()
-    summary = extract(manifest, teacher, tmp_path / "s.zarr", batch_size=2, shard_size=2, jobs=1,
-                      progress=False)
+    summary = extract(
+        manifest, teacher, tmp_path / "s.zarr", batch_size=2, shard_size=2, jobs=1, progress=False
+    )
     store = read_store(tmp_path / "s.zarr")
     assert store.clip_ids == manifest.clip_ids
     assert store.n_frames.tolist() == [4, 2, 6, 5, 2]
@@ -82,8 +91,15 @@ def test_bad_clips_are_recorded_and_the_run_goes_on(tmp_path):
     ] * 20
     manifest = _manifest(tmp_path, specs)
     (tmp_path / "0.wav").unlink()  # vanished after the manifest was made
-    summary = extract(manifest, FrameStats(), tmp_path / "s.zarr", batch_size=4, shard_size=8,
-                      jobs=2, progress=False)
+    summary = extract(
+        manifest,
+        FrameStats(),
+        tmp_path / "s.zarr",
+        batch_size=4,
+        shard_size=8,
+        jobs=2,
+        progress=False,
+    )
     assert set(summary.failed) == {"c0", "c1", "c2", "c3"}
     assert "file not found" in summary.failed["c0"]
     assert "cannot decode" in summary.failed["c1"]

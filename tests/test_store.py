@@ -13,12 +13,21 @@ def _ids(n):
 
 
 def _make(path, n=10, shard_size=4, max_frames=5, **kw):
-    return open_store(path, fingerprint=FP, clip_ids=_ids(n), dim=3, max_frames=max_frames,
-                      shard_size=shard_size, **kw)
+    return open_store(
+        path,
+        fingerprint=FP,
+        clip_ids=_ids(n),
+        dim=3,
+        max_frames=max_frames,
+        shard_size=shard_size,
+        **kw,
+    )
 
 
 def _arrays(plan, rng):
-    return [rng.normal(size=(1 + row % 5, 3)).astype(np.float32) for row in range(plan.start, plan.stop)]
+    return [
+        rng.normal(size=(1 + row % 5, 3)).astype(np.float32) for row in range(plan.start, plan.stop)
+    ]
 
 
 def test_write_read_by_clip_id(tmp_path):
@@ -29,7 +38,7 @@ def test_write_read_by_clip_id(tmp_path):
     for plan in store.shards():
         arrays = _arrays(plan, rng)
         store.write_shard(plan.index, arrays, {})
-        written.update(zip(store.clip_ids[plan.start:plan.stop], arrays, strict=True))
+        written.update(zip(store.clip_ids[plan.start : plan.stop], arrays, strict=True))
     store.mark_complete({"ok": True})
 
     reader = read_store(tmp_path / "s.zarr")
@@ -93,8 +102,9 @@ def test_changed_fingerprint_is_refused_with_the_difference(tmp_path):
         open_store(path, fingerprint=other, clip_ids=_ids(10), dim=3, max_frames=5, shard_size=4)
     with pytest.raises(StoreError, match="other clips"):
         open_store(path, fingerprint=FP, clip_ids=_ids(9), dim=3, max_frames=5, shard_size=4)
-    fresh = open_store(path, fingerprint=other, clip_ids=_ids(9), dim=3, max_frames=5,
-                       shard_size=4, overwrite=True)
+    fresh = open_store(
+        path, fingerprint=other, clip_ids=_ids(9), dim=3, max_frames=5, shard_size=4, overwrite=True
+    )
     assert fresh.fingerprint == other and len(fresh) == 9
 
 

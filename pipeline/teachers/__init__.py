@@ -58,7 +58,7 @@ class Teacher(ABC):
 
     @abstractmethod
     def embed(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Embed a batch of mono float32 waveforms (any lengths) → one (n_frames, dim) array each."""
+        """Embed mono float32 waveforms (any lengths) → one (n_frames, dim) array per clip."""
 
     @abstractmethod
     def num_frames(self, n_samples: int) -> int:
