@@ -32,7 +32,7 @@ class ManifestError(ValueError):
     """A dataset description that cannot be used as it is."""
 
 
-def _listing(items: Sequence[object], limit: int = 10) -> str:
+def listing(items: Sequence[object], limit: int = 10) -> str:
     shown = ", ".join(repr(x) for x in items[:limit])
     return shown + (f" … and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -118,10 +118,10 @@ def make_manifest(
     ids = pd.Series([str(c) for c in clip_ids])
     dup = ids[ids.duplicated(keep=False)].unique().tolist()
     if dup:
-        raise ManifestError(f"{name}: duplicate clip IDs: {_listing(dup)}")
+        raise ManifestError(f"{name}: duplicate clip IDs: {listing(dup)}")
     empty = [i for i, c in enumerate(ids) if not c.strip()]
     if empty:
-        raise ManifestError(f"{name}: empty clip IDs at rows {_listing(empty)}")
+        raise ManifestError(f"{name}: empty clip IDs at rows {listing(empty)}")
     bad_split = sorted({s for s in splits} - set(SPLITS))
     if bad_split:
         raise ManifestError(f"{name}: unknown split names {bad_split}; use {list(SPLITS)}")
@@ -129,7 +129,7 @@ def make_manifest(
     if bad_values.any():
         rows = sorted(set(np.nonzero(bad_values)[0].tolist()))
         raise ManifestError(
-            f"{name}: labels must be 0 or 1 (or unknown); clips {_listing(ids[rows].tolist())}"
+            f"{name}: labels must be 0 or 1 (or unknown); clips {listing(ids[rows].tolist())}"
         )
     abs_paths = [str(Path(p).expanduser().absolute()) for p in paths]
     if check_paths:
@@ -138,7 +138,7 @@ def make_manifest(
         ]
         if missing:
             raise ManifestError(
-                f"{name}: {len(missing)} audio files do not exist: {_listing(missing)}"
+                f"{name}: {len(missing)} audio files do not exist: {listing(missing)}"
             )
     if durations_s is None:
         durations_s = Parallel(n_jobs=8, prefer="threads")(

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.datasets import register_dataset
-from pipeline.manifest import Manifest, ManifestError, _listing, make_manifest
+from pipeline.manifest import Manifest, ManifestError, listing, make_manifest
 
 REQUIRED = ("clip_id", "path", "split")
 _LABEL_VALUES = {"1": 1, "0": 0, "": -1}  # -1 marks unknown until the mask is taken
@@ -64,6 +64,6 @@ def _label_codes(table: pd.DataFrame, classes: list[str], name: str) -> np.ndarr
             for r, c in zip(rows, cols, strict=True)
         ]
         raise ManifestError(
-            f"{name}: labels must be 1, 0 or blank; clip/column=value: {_listing(offenders)}"
+            f"{name}: labels must be 1, 0 or blank; clip/column=value: {listing(offenders)}"
         )
     return cells.map(_LABEL_VALUES.__getitem__).to_numpy(dtype=np.int8)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.datasets import register_dataset
-from pipeline.manifest import Manifest, ManifestError, _listing, make_manifest
+from pipeline.manifest import Manifest, ManifestError, listing, make_manifest
 
 ANNOTATIONS_NAME = "annotations_final.csv"
 SPLIT_FILES = ("tags.npy", "binary.npy", "train.npy", "valid.npy", "test.npy")
@@ -118,7 +118,7 @@ def _parse_entries(path: Path, *, n_rows: int) -> list[tuple[int, str]]:
     if bad:
         raise ManifestError(
             f"magnatagatune: {path}: entries not of the form '<row < {n_rows}>\\t<dir>/<name>"
-            f".mp3': {_listing(bad)}"
+            f".mp3': {listing(bad)}"
         )
     return parsed
 
@@ -130,13 +130,13 @@ def _clip_ids_for(paths: list[str], annotations: pd.DataFrame) -> list[str]:
     if unknown:
         raise ManifestError(
             f"magnatagatune: split entries whose mp3 path is not in {ANNOTATIONS_NAME}: "
-            f"{_listing(unknown)}"
+            f"{listing(unknown)}"
         )
     ambiguous = sorted({p for p in paths if len(by_path[p]) > 1})
     if ambiguous:
         raise ManifestError(
             f"magnatagatune: mp3 paths with several clip_ids in {ANNOTATIONS_NAME}: "
-            f"{_listing(ambiguous)}"
+            f"{listing(ambiguous)}"
         )
     return [str(by_path[p][0]) for p in paths]
 
@@ -155,7 +155,7 @@ def _from_annotations(
     odd = annotations.loc[~folders.isin(SPLIT_OF_FOLDER.keys()), _ID].tolist()
     if odd:
         raise ManifestError(
-            f"magnatagatune: clips whose mp3_path is not under a folder 0–f: {_listing(odd)}"
+            f"magnatagatune: clips whose mp3_path is not under a folder 0–f: {listing(odd)}"
         )
     keep = labels.any(axis=1)
     kept = annotations[keep]
@@ -169,8 +169,10 @@ def _tag_matrix(annotations: pd.DataFrame, tags: list[str]) -> np.ndarray:
     bad = ~raw.isin(("0", "1"))
     if bad.to_numpy().any():
         rows, cols = np.nonzero(bad.to_numpy())
-        offenders = [f"{annotations[_ID].iat[r]}/{tags[c]}" for r, c in zip(rows, cols, strict=True)]
+        offenders = [
+            f"{annotations[_ID].iat[r]}/{tags[c]}" for r, c in zip(rows, cols, strict=True)
+        ]
         raise ManifestError(
-            f"magnatagatune: tag values must be 0 or 1; clip/tag: {_listing(offenders)}"
+            f"magnatagatune: tag values must be 0 or 1; clip/tag: {listing(offenders)}"
         )
     return (raw == "1").to_numpy(dtype=np.int8)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets import register_dataset
-from pipeline.manifest import Manifest, ManifestError, _listing, make_manifest
+from pipeline.manifest import Manifest, ManifestError, listing, make_manifest
 
 NPZ_NAME = "openmic-2018.npz"
 CLASS_MAP_NAME = "class-map.json"
@@ -41,9 +41,7 @@ _EXPECTED = {
 
 
 @register_dataset("openmic")
-def openmic(
-    *, root: Path, valid_fraction: float = 0.15, seed: int = 2022, **_: object
-) -> Manifest:
+def openmic(*, root: Path, valid_fraction: float = 0.15, seed: int = 2022, **_: object) -> Manifest:
     """Build the OpenMIC-2018 manifest (split01, with a seeded validation hold-out)."""
     root = Path(root).expanduser()
     if not 0.0 <= valid_fraction < 1.0:
@@ -53,7 +51,9 @@ def openmic(
     classes = _load_classes(root / CLASS_MAP_NAME, n_columns=y_true.shape[1])
     train = _read_partition(root / TRAIN_PARTITION)
     test = _read_partition(root / TEST_PARTITION)
-    split_of = _assign_splits(train, test, known=set(keys), valid_fraction=valid_fraction, seed=seed)
+    split_of = _assign_splits(
+        train, test, known=set(keys), valid_fraction=valid_fraction, seed=seed
+    )
 
     rows = [i for i, key in enumerate(keys) if key in split_of]
     kept = [keys[i] for i in rows]
@@ -124,12 +124,10 @@ def _assign_splits(
     """Map every partitioned key to train / valid / test (see the module docstring)."""
     both = sorted(set(train) & set(test))
     if both:
-        raise ManifestError(f"openmic: keys in both train and test partitions: {_listing(both)}")
+        raise ManifestError(f"openmic: keys in both train and test partitions: {listing(both)}")
     unknown = sorted((set(train) | set(test)) - known)
     if unknown:
-        raise ManifestError(
-            f"openmic: partition keys absent from {NPZ_NAME}: {_listing(unknown)}"
-        )
+        raise ManifestError(f"openmic: partition keys absent from {NPZ_NAME}: {listing(unknown)}")
     train_keys = sorted(set(train))
     order = np.random.default_rng(seed).permutation(len(train_keys))
     n_valid = round(valid_fraction * len(train_keys))

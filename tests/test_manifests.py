@@ -1,0 +1,372 @@
+"""Dataset adapters on tiny releases written here in the real formats."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from pipeline.datasets import build_manifest
+from pipeline.datasets.csv_table import csv_table
+from pipeline.datasets.magnatagatune import magnatagatune
+from pipeline.datasets.openmic import openmic
+from pipeline.manifest import Manifest, ManifestError
+
+SILENCE = np.zeros(1600, dtype=np.float32)  # 0.1 s at 16 kHz
+
+
+def assert_round_trip(manifest: Manifest, tmp_path: Path) -> None:
+    back = Manifest.read(manifest.write(tmp_path / "out" / f"{manifest.name}.parquet"))
+    assert (back.name, back.classes) == (manifest.name, manifest.classes)
+    pd.testing.assert_frame_equal(back.clips, manifest.clips)
+
+
+def assert_paths_absolute_and_present(manifest: Manifest) -> None:
+    paths = [Path(p) for p in manifest.clips["path"]]
+    assert all(p.is_absolute() and p.is_file() for p in paths)
+    assert np.allclose(manifest.clips["duration_s"], 0.1, atol=0.01)
+
+
+# ---------------------------------------------------------------- OpenMIC-2018
+
+OPENMIC_CLASSES = [
+    "accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",
+    "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
+    "trumpet", "ukulele", "violin", "voice",
+]  # fmt: skip
+N_TRAIN, N_TEST = 20, 4
+
+
+def openmic_keys(n: int) -> list[str]:
+    """Keys shaped like the release's (``<6-digit id>_<offset>``), spread over folders."""
+    return [f"{(i * 7919) % 1_000_000:06d}_{i * 3840}" for i in range(1, n + 1)]
+
+
+def write_openmic(root: Path, seed: int = 0) -> dict[str, object]:
+    """25 keys: 20 train, 4 test, 1 in no partition. Returns what the test needs to check."""
+    keys = openmic_keys(N_TRAIN + N_TEST + 1)
+    rng = np.random.default_rng(seed)
+    y_true = rng.choice([0.0, 0.2, 0.5, 0.8, 1.0], size=(len(keys), 20))
+    y_mask = rng.random((len(keys), 20)) < 0.6
+    y_true[0, :3], y_mask[0, :3] = [1.0, 0.5, 0.0], True
+    y_true[0, 3], y_mask[0, 3] = 0.9, False
+    np.savez(
+        root / "openmic-2018.npz",
+        X=rng.integers(0, 256, size=(len(keys), 10, 128), dtype=np.int64),
+        Y_true=y_true,
+        Y_mask=y_mask,
+        sample_key=np.array(keys, dtype=object),
+    )
+    # Written in reverse index order: the adapter must order classes by index, not file order.
+    class_map = {c: i for i, c in reversed(list(enumerate(OPENMIC_CLASSES)))}
+    (root / "class-map.json").write_text(json.dumps(class_map))
+    (root / "partitions").mkdir()
+    train, test = keys[:N_TRAIN], keys[N_TRAIN : N_TRAIN + N_TEST]
+    (root / "partitions/split01_train.csv").write_text("".join(f"{k}\n" for k in train))
+    (root / "partitions/split01_test.csv").write_text("".join(f"{k}\n" for k in test))
+    for key in keys:
+        path = root / "audio" / key[:3] / f"{key}.ogg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, SILENCE, 16000, format="OGG", subtype="VORBIS")
+    return {"keys": keys, "train": train, "test": test, "y_true": y_true, "y_mask": y_mask}
+
+
+def test_openmic_labels_splits_and_round_trip(tmp_path: Path) -> None:
+    release = write_openmic(tmp_path)
+    manifest = build_manifest("openmic", root=tmp_path, valid_fraction=None, seed=None)
+
+    assert manifest.name == "openmic"
+    assert manifest.classes == tuple(OPENMIC_CLASSES)
+    keys = release["keys"]
+    assert manifest.clip_ids == keys[: N_TRAIN + N_TEST]  # the unpartitioned key is left out
+    counts = manifest.clips["split"].value_counts().to_dict()
+    assert counts == {"train": 17, "valid": 3, "test": 4}  # round(0.15 * 20) = 3
+    assert set(manifest.split("test").clip_ids) == set(release["test"])
+
+    y_true, y_mask = release["y_true"][: N_TRAIN + N_TEST], release["y_mask"][: N_TRAIN + N_TEST]
+    np.testing.assert_array_equal(manifest.mask(), y_mask & (y_true != 0.5))
+    np.testing.assert_array_equal(manifest.labels(), (y_true > 0.5) & manifest.mask())
+    first = manifest.clips.iloc[0]
+    assert (first["accordion"], first["bass"]) == (1, 0)
+    assert pd.isna(first["banjo"])  # Y_true == 0.5 → unknown
+    assert pd.isna(first["cello"])  # Y_true == 0.9 but Y_mask False → unknown
+
+    key = keys[0]
+    assert first["path"] == str((tmp_path / "audio" / key[:3] / f"{key}.ogg").absolute())
+    assert_paths_absolute_and_present(manifest)
+    assert_round_trip(manifest, tmp_path)
+
+
+def test_openmic_valid_split_is_deterministic(tmp_path: Path) -> None:
+    release = write_openmic(tmp_path)
+
+    def valid_keys(**options: object) -> set[str]:
+        return set(openmic(root=tmp_path, **options).split("valid").clip_ids)
+
+    chosen = valid_keys()
+    assert chosen <= set(release["train"]) and len(chosen) == 3
+    assert valid_keys() == chosen
+    assert valid_keys(seed=2022) == chosen
+    assert valid_keys(seed=7) != chosen
+    assert valid_keys(valid_fraction=0.0) == set()
+
+    # The split does not depend on the order of lines in the partition file.
+    partition = tmp_path / "partitions/split01_train.csv"
+    partition.write_text("".join(f"{k}\n" for k in reversed(release["train"])))
+    assert valid_keys() == chosen
+
+
+@pytest.mark.parametrize(
+    "missing", ["openmic-2018.npz", "class-map.json", "partitions/split01_test.csv"]
+)
+def test_openmic_missing_release_file(tmp_path: Path, missing: str) -> None:
+    write_openmic(tmp_path)
+    (tmp_path / missing).unlink()
+    with pytest.raises(ManifestError, match=re.escape(missing)):
+        openmic(root=tmp_path)
+
+
+def test_openmic_missing_audio_is_listed(tmp_path: Path) -> None:
+    keys = write_openmic(tmp_path)["keys"]
+    for key in keys[2:4]:
+        (tmp_path / "audio" / key[:3] / f"{key}.ogg").unlink()
+    with pytest.raises(ManifestError, match="2 audio files do not exist") as err:
+        openmic(root=tmp_path)
+    assert keys[2] in str(err.value) and keys[3] in str(err.value)
+
+
+def test_openmic_partition_key_not_in_archive(tmp_path: Path) -> None:
+    write_openmic(tmp_path)
+    with (tmp_path / "partitions/split01_test.csv").open("a") as f:
+        f.write("999999_0\n")
+    with pytest.raises(ManifestError, match="999999_0"):
+        openmic(root=tmp_path)
+
+
+def test_openmic_duplicate_key_in_archive(tmp_path: Path) -> None:
+    keys = write_openmic(tmp_path)["keys"]
+    with np.load(tmp_path / "openmic-2018.npz", allow_pickle=True) as archive:
+        arrays = dict(archive)
+    arrays["sample_key"][-1] = keys[0]  # the key in no partition becomes a duplicate
+    np.savez(tmp_path / "openmic-2018.npz", **arrays)
+    with pytest.raises(ManifestError, match="duplicate clip IDs") as err:
+        openmic(root=tmp_path)
+    assert keys[0] in str(err.value)
+
+
+# ---------------------------------------------------------------- MagnaTagATune
+
+N_CLIPS = 32
+FOLDERS = "0123456789abcdef"
+MTAT_TAGS = ["no voice", "guitar", "classical", "female vocal"] + [
+    f"tag{i:03d}" for i in range(184)
+]  # 188 tag columns, as in the release
+
+
+def mtat_path(row: int) -> str:
+    return f"{FOLDERS[row % 16]}/artist_{row}-album-{row}-track-0-29.mp3"
+
+
+def mtat_clip_id(row: int) -> str:
+    return str(2 + 3 * row)  # real clip IDs are neither row numbers nor contiguous
+
+
+def mtat_tag_matrix() -> np.ndarray:
+    """Counts: guitar 20, classical 15, no voice 11, tag050 3 (only on clips without the others)."""
+    tags = np.zeros((N_CLIPS, len(MTAT_TAGS)), dtype=int)
+    col = {t: i for i, t in enumerate(MTAT_TAGS)}
+    tags[0:20, col["guitar"]] = 1
+    tags[10:25, col["classical"]] = 1
+    tags[[*range(10), 28], col["no voice"]] = 1
+    tags[25:28, col["tag050"]] = 1
+    return tags
+
+
+def write_mtat(root: Path, *, audio_under_mp3: bool = True) -> None:
+    """annotations_final.csv (quoted, tab-separated, CRLF, 190 columns) and 32 tiny mp3s."""
+    tags = mtat_tag_matrix()
+    header = ["clip_id", *MTAT_TAGS, "mp3_path"]
+    lines = [header] + [[mtat_clip_id(r), *map(str, tags[r]), mtat_path(r)] for r in range(N_CLIPS)]
+    text = "".join("\t".join(f'"{v}"' for v in line) + "\r\n" for line in lines)
+    assert len(header) == 190
+    (root / "annotations_final.csv").write_bytes(text.encode())
+    audio_root = root / "mp3" if audio_under_mp3 else root
+    for r in range(N_CLIPS):
+        path = audio_root / mtat_path(r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, SILENCE, 16000, format="MP3")
+
+
+SPLIT_ROWS = {"train": [0, 3, 5, 9, 17, 30], "valid": [12, 28], "test": [13, 31, 14]}
+
+
+def write_mtat_split(split_dir: Path) -> tuple[list[str], np.ndarray]:
+    """The cleaned split's files: 50 tags, binary rows for every annotation row."""
+    split_dir.mkdir()
+    tags = np.array(MTAT_TAGS[::-1][:50])  # deliberately not the annotations' order
+    binary = np.random.default_rng(1).integers(0, 2, size=(N_CLIPS, 50)).astype(np.float64)
+    np.save(split_dir / "tags.npy", tags)
+    np.save(split_dir / "binary.npy", binary)
+    for split, rows in SPLIT_ROWS.items():
+        np.save(split_dir / f"{split}.npy", np.array([f"{r}\t{mtat_path(r)}" for r in rows]))
+    return tags.tolist(), binary
+
+
+@pytest.mark.parametrize("audio_under_mp3", [True, False])
+def test_mtat_fallback_split(tmp_path: Path, audio_under_mp3: bool) -> None:
+    write_mtat(tmp_path, audio_under_mp3=audio_under_mp3)
+    manifest = magnatagatune(root=tmp_path, top_k=3)
+
+    assert manifest.classes == ("guitar", "classical", "no voice")  # by count, descending
+    kept = [*range(25), 28]  # rows 25–27 only have tag050, 29–31 no tag at all
+    assert manifest.clip_ids == [mtat_clip_id(r) for r in kept]
+    expected_split = {"c": "valid", "d": "test", "e": "test", "f": "test"}
+    assert manifest.clips["split"].tolist() == [
+        expected_split.get(mtat_path(r)[0], "train") for r in kept
+    ]
+    assert manifest.clips["split"].value_counts().to_dict() == {
+        "train": 21, "valid": 2, "test": 3,
+    }  # fmt: skip
+    cols = [MTAT_TAGS.index(t) for t in manifest.classes]
+    np.testing.assert_array_equal(manifest.labels(), mtat_tag_matrix()[kept][:, cols])
+    assert manifest.mask().all()
+    audio_root = tmp_path / "mp3" if audio_under_mp3 else tmp_path
+    assert manifest.clips["path"].iloc[0] == str((audio_root / mtat_path(0)).absolute())
+    assert_paths_absolute_and_present(manifest)
+    assert_round_trip(manifest, tmp_path)
+
+
+def test_mtat_default_top_k_is_50(tmp_path: Path) -> None:
+    write_mtat(tmp_path)
+    manifest = build_manifest("magnatagatune", root=tmp_path, split_dir=None, top_k=None)
+    assert len(manifest.classes) == 50
+    assert manifest.classes[:3] == ("guitar", "classical", "no voice")
+
+
+def test_mtat_with_split_files(tmp_path: Path) -> None:
+    write_mtat(tmp_path)
+    tags, binary = write_mtat_split(tmp_path / "split")
+    manifest = magnatagatune(root=tmp_path, split_dir=tmp_path / "split")
+
+    assert manifest.classes == tuple(tags)
+    rows = [r for split in ("train", "valid", "test") for r in SPLIT_ROWS[split]]
+    assert manifest.clip_ids == [mtat_clip_id(r) for r in rows]
+    assert manifest.clips["split"].value_counts().to_dict() == {"train": 6, "valid": 2, "test": 3}
+    assert manifest.split("valid").clip_ids == [mtat_clip_id(r) for r in SPLIT_ROWS["valid"]]
+    np.testing.assert_array_equal(manifest.labels(), binary[rows])
+    assert manifest.mask().all()
+    assert_paths_absolute_and_present(manifest)
+    assert_round_trip(manifest, tmp_path)
+
+
+def test_mtat_split_entry_not_in_annotations(tmp_path: Path) -> None:
+    write_mtat(tmp_path)
+    write_mtat_split(tmp_path / "split")
+    np.save(tmp_path / "split/valid.npy", np.array(["12\tc/unknown-clip.mp3"]))
+    with pytest.raises(ManifestError, match=r"c/unknown-clip\.mp3"):
+        magnatagatune(root=tmp_path, split_dir=tmp_path / "split")
+
+
+def test_mtat_missing_split_file(tmp_path: Path) -> None:
+    write_mtat(tmp_path)
+    write_mtat_split(tmp_path / "split")
+    (tmp_path / "split/binary.npy").unlink()
+    with pytest.raises(ManifestError, match=r"binary\.npy"):
+        magnatagatune(root=tmp_path, split_dir=tmp_path / "split")
+
+
+def test_mtat_missing_annotations(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"annotations_final\.csv"):
+        magnatagatune(root=tmp_path)
+
+
+def test_mtat_missing_audio_is_listed(tmp_path: Path) -> None:
+    write_mtat(tmp_path)
+    (tmp_path / "mp3" / mtat_path(5)).unlink()
+    with pytest.raises(ManifestError, match="1 audio files do not exist") as err:
+        magnatagatune(root=tmp_path, top_k=3)
+    assert mtat_clip_id(5) in str(err.value) and mtat_path(5) in str(err.value)
+
+
+# ---------------------------------------------------------------- generic CSV
+
+
+def write_csv(tmp_path: Path, rows: list[str], header: str = "clip_id,path,split,piano,voice"):
+    (tmp_path / "audio").mkdir(exist_ok=True)
+    for name in ("a", "b", "c"):
+        sf.write(tmp_path / "audio" / f"{name}.wav", SILENCE, 16000)
+    csv = tmp_path / "my_clips.csv"
+    csv.write_text("\n".join([header, *rows]) + "\n")
+    return csv
+
+
+def test_csv_table(tmp_path: Path) -> None:
+    absolute = (tmp_path / "audio" / "b.wav").absolute()
+    csv = write_csv(
+        tmp_path,
+        ["a,audio/a.wav,train,1,0", f"b,{absolute},valid,0,", "c,audio/c.wav,test, ,1"],
+    )
+    manifest = build_manifest("csv", csv=csv, name=None)
+
+    assert manifest.name == "my_clips"
+    assert manifest.classes == ("piano", "voice")
+    assert manifest.clip_ids == ["a", "b", "c"]
+    assert manifest.clips["split"].tolist() == ["train", "valid", "test"]
+    assert manifest.clips["path"].tolist() == [
+        str((tmp_path / "audio" / f"{n}.wav").absolute()) for n in "abc"
+    ]
+    np.testing.assert_array_equal(manifest.labels(), [[1, 0], [0, 0], [0, 1]])
+    np.testing.assert_array_equal(manifest.mask(), [[True, True], [True, False], [False, True]])
+    assert_paths_absolute_and_present(manifest)
+    assert_round_trip(manifest, tmp_path)
+    assert csv_table(csv=csv, name="renamed").name == "renamed"
+
+
+def test_csv_missing_columns(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path, ["a,1"], header="clip_id,piano")
+    with pytest.raises(ManifestError, match="required columns") as err:
+        csv_table(csv=csv)
+    assert "'path'" in str(err.value) and "'split'" in str(err.value)
+
+
+def test_csv_bad_label_values(tmp_path: Path) -> None:
+    csv = write_csv(
+        tmp_path, ["a,audio/a.wav,train,1,yes", "b,audio/b.wav,train,0,1", "c,audio/c.wav,test,2,"]
+    )
+    with pytest.raises(ManifestError, match="1, 0 or blank") as err:
+        csv_table(csv=csv)
+    message = str(err.value)
+    assert "a/voice='yes'" in message and "c/piano='2'" in message
+    assert "b/" not in message
+
+
+def test_csv_duplicate_ids(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path, ["a,audio/a.wav,train,1,0", "a,audio/b.wav,test,0,1"])
+    with pytest.raises(ManifestError, match="duplicate clip IDs: 'a'"):
+        csv_table(csv=csv)
+
+
+def test_csv_missing_paths(tmp_path: Path) -> None:
+    csv = write_csv(
+        tmp_path,
+        ["a,audio/a.wav,train,1,0", "gone,audio/gone.wav,train,0,1", "x,/no/such.wav,test,1,1"],
+    )
+    with pytest.raises(ManifestError, match="2 audio files do not exist") as err:
+        csv_table(csv=csv)
+    assert "gone" in str(err.value) and "/no/such.wav" in str(err.value)
+
+
+def test_csv_unknown_split(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path, ["a,audio/a.wav,training,1,0"])
+    with pytest.raises(ManifestError, match="training"):
+        csv_table(csv=csv)
+
+
+def test_csv_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"nothere\.csv"):
+        csv_table(csv=tmp_path / "nothere.csv")

@@ -1,0 +1,98 @@
+"""Stage one end to end through the command line: demo dataset → musicnn (real weights) → store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.manifest import Manifest
+from pipeline.store import read_store
+
+CLIPS = 12
+
+
+def _cli(data_dir, *args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pipeline {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _extract_args(name):
+    return ["extract", "demo", "musicnn", "--name", name, "--shard-size", "2", "--batch-size", "2",
+            "--jobs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    _cli(data, "data", "demo", "--clips", str(CLIPS))
+    return data
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir):
+    out = _cli(data_dir, *_extract_args("reference"))
+    return read_store(data_dir / "cache" / "demo" / "reference.zarr"), out.stdout
+
+
+def test_store_has_one_row_per_clip_in_manifest_order(data_dir, reference):
+    store, stdout = reference
+    manifest = Manifest.read(data_dir / "manifests" / "demo.parquet")
+    assert store.clip_ids == manifest.clip_ids
+    assert len(store) == CLIPS
+    # musicnn embeds non-overlapping 3 s patches: a 10 s clip gives 3.
+    assert store.n_frames.tolist() == [3] * CLIPS
+    assert store.failures() == {}
+    for clip in manifest.clip_ids[:3]:
+        emb = store.read(clip)
+        assert emb.shape == (3, store.dim) and np.isfinite(emb).all() and emb.std() > 0
+    assert f"{CLIPS}/{CLIPS} clips embedded, 0 failed" in stdout
+
+
+def test_rerun_does_no_work(data_dir, reference):
+    out = _cli(data_dir, *_extract_args("reference"))
+    assert "0 shards written, 6 already done" in out.stdout
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_values(data_dir, reference):
+    store, _ = reference
+    path = data_dir / "cache" / "demo" / "killed.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *_extract_args("killed")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((path / "progress").glob("shard-*.json")):
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((path / "progress").glob("shard-*.json")))
+    assert 1 <= done_before < 6, "the kill should land mid-run"
+    assert not (path / "COMPLETE").exists()
+
+    out = _cli(data_dir, *_extract_args("killed"))
+    assert f"{done_before} already done" in out.stdout
+    resumed = read_store(path)
+    assert resumed.n_frames.tolist() == store.n_frames.tolist()
+    for clip in store.clip_ids:
+        np.testing.assert_array_equal(resumed.read(clip), store.read(clip))
+    assert not list(path.rglob("*.partial"))
+
+
+def test_changed_teacher_settings_are_refused(data_dir, reference):
+    out = _cli(data_dir, *_extract_args("reference"), "-o", "layer=penultimate", check=False)
+    assert out.returncode == 2
+    assert "made with other settings" in out.stderr and "layer" in out.stderr
