@@ -8,6 +8,7 @@ DATASET ?= demo
 TEACHER ?= musicnn
 ROOT    ?=
 CSV     ?=
+SPLITS  ?=
 CLIPS   ?=
 WEIGHTS ?=
 DEVICE  ?=
@@ -22,7 +23,7 @@ help:
 	@echo "make setup                                  virtual env with everything (.venv)"
 	@echo "make data DATASET=demo [CLIPS=N]            render the offline default dataset"
 	@echo "make data DATASET=openmic ROOT=<release>    manifest from OpenMIC-2018"
-	@echo "make data DATASET=magnatagatune ROOT=<dir>  manifest from MagnaTagATune"
+	@echo "make data DATASET=magnatagatune ROOT=<dir> [SPLITS=<dir>]  manifest from MagnaTagATune"
 	@echo "make data DATASET=<name> CSV=<file.csv>     manifest from your own CSV"
 	@echo "make extract DATASET=... TEACHER=...        stage one: teacher embeddings (resumable)"
 	@echo "make test                                   the test suite"
@@ -43,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 
 data: setup
 	$(CLI) data $(DATASET) $(if $(ROOT),--root $(ROOT)) $(if $(CSV),--csv $(CSV)) \
-		$(if $(CLIPS),--clips $(CLIPS))
+		$(if $(SPLITS),--split-dir $(SPLITS)) $(if $(CLIPS),--clips $(CLIPS))
 
 extract: setup
 	$(CLI) extract $(DATASET) $(TEACHER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.cli import main
+from pipeline.manifest import Manifest
+
+
+def test_every_stage_has_help(capsys):
+    for stage in ("data", "extract"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([stage, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: pipeline" in capsys.readouterr().out
+
+
+def test_data_from_own_csv(tmp_path, capsys):
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", np.zeros(800), 8000)
+    table = tmp_path / "clips.csv"
+    table.write_text("clip_id,path,split,piano,drums\na,a.wav,train,1,\nb,b.wav,test,0,1\n")
+    assert main(["--data-dir", str(tmp_path / "data"), "data", "mine", "--csv", str(table)]) == 0
+    manifest = Manifest.read(tmp_path / "data" / "manifests" / "mine.parquet")
+    assert manifest.classes == ("piano", "drums") and manifest.clip_ids == ["a", "b"]
+    assert "2 clips (test 1, train 1), 2 classes, 75% of labels known" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    table = tmp_path / "clips.csv"
+    table.write_text("clip_id,path,split,piano\na,missing.wav,train,1\n")
+    assert main(["--data-dir", str(tmp_path), "data", "mine", "--csv", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: mine: 1 audio files do not exist") and "missing.wav" in err
+    with pytest.raises(SystemExit, match="unknown dataset 'nope'"):
+        main(["--data-dir", str(tmp_path), "data", "nope"])
+    with pytest.raises(SystemExit):
+        main(["data", "../escape", "--csv", str(table)])
+    assert "use letters, digits" in capsys.readouterr().err
