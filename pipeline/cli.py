@@ -126,9 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--csv", type=Path, help="your own CSV: clip_id, path, split, one column per class"
     )
-    p.add_argument("--split-dir", type=Path,
-                   help="magnatagatune: folder with the cleaned top-50 split (tags.npy, binary.npy, "
-                   "train.npy, valid.npy, test.npy)")
+    p.add_argument(
+        "--split-dir",
+        type=Path,
+        help="magnatagatune: folder with the cleaned top-50 split (tags.npy, binary.npy, "
+        "train.npy, valid.npy, test.npy)",
+    )
     p.add_argument("--clips", type=int, help="demo: number of clips to render")
     p.add_argument("--seed", type=int, help="demo: random seed; openmic: validation split seed")
     p.set_defaults(run=cmd_data)

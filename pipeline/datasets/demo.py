@@ -23,9 +23,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
 import soundfile as sf
+import tinysoundfont
+from joblib import Parallel, delayed
+from tqdm import tqdm
 
 from pipeline.datasets import register_dataset
 from pipeline.manifest import Manifest, make_manifest
@@ -39,12 +43,14 @@ DEMO_CLASSES: tuple[str, ...] = tuple(
     c for c in OPENMIC_CLASSES if c not in ("mandolin", "ukulele")
 )
 
+_T = TypeVar("_T")
+
 SR_HZ = 32000
 DURATION_S = 10.0
 KNOWN_NEGATIVE_P = 0.5
 # Clip k plays class k % 18 (plus 0–2 random others) and goes to split
-# _SPLIT_SLOTS[(k // 18 + k % 18) % 20]: every class is the lead instrument of exactly 70/15/15 %
-# train/valid/test clips per 360 clips, and the first 12 clips already cover all three splits.
+# _SPLIT_SLOTS[(k // 18 + k % 18) % 20]. Within every 360 clips, each class leads 20 clips split
+# exactly 14/3/3 into train/valid/test; the first 12 clips already cover all three splits.
 _SPLIT_SLOTS: tuple[str, ...] = tuple(
     "valid" if i in (2, 9, 15) else "test" if i in (5, 12, 18) else "train" for i in range(20)
 )
@@ -117,9 +123,17 @@ _PROGRESSIONS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class Note:
-    """One note in seconds from the start of the clip (``start_s`` may be negative)."""
+class Note(NamedTuple):
+    """A note in musical time: starts ``beat`` beats into the piece and lasts ``beats``."""
+
+    beat: float
+    beats: float
+    key: int
+    velocity: int
+
+
+class TimedNote(NamedTuple):
+    """A note in seconds from the start of the clip (``start_s`` may be negative)."""
 
     start_s: float
     end_s: float
@@ -144,6 +158,10 @@ class Song:
     @property
     def beat_s(self) -> float:
         return 60.0 / self.tempo_bpm
+
+    @property
+    def bar_s(self) -> float:
+        return self.beats_per_bar * self.beat_s
 
     @property
     def n_bars(self) -> int:
@@ -197,12 +215,17 @@ def random_song(rng: np.random.Generator, *, duration_s: float) -> Song:
         beats_per_bar=beats_per_bar,
         tonic_pc=int(rng.integers(12)),
         mode=mode,
-        progression=options[int(rng.integers(len(options)))],
+        progression=_pick(rng, options),
         bars_per_chord=2 if tempo_bpm > 130 and rng.random() < 0.5 else 1,
-        start_beat=float(rng.integers(0, 4 * beats_per_bar) + rng.choice([0.0, 0.5])),
+        start_beat=float(rng.integers(0, 4 * beats_per_bar)) + _pick(rng, (0.0, 0.5)),
         duration_s=duration_s,
-        drum_kit=int(rng.choice(_DRUM_KITS)),
+        drum_kit=_pick(rng, _DRUM_KITS),
     )
+
+
+def _pick(rng: np.random.Generator, options: Sequence[_T]) -> _T:
+    """One of ``options``, uniformly."""
+    return options[int(rng.integers(len(options)))]
 
 
 def _keys_in(pcs: Sequence[int], *, low_key: int, high_key: int) -> list[int]:
@@ -218,15 +241,18 @@ def _velocity(rng: np.random.Generator, base: float, *, spread: float = 6.0) -> 
     return int(np.clip(round(base + rng.normal(0.0, spread)), 1, 127))
 
 
-def _jitter_s(rng: np.random.Generator, *, sd_s: float = 0.008) -> float:
-    return float(np.clip(rng.normal(0.0, sd_s), -2.5 * sd_s, 2.5 * sd_s))
-
-
-def _note(
-    song: Song, rng: np.random.Generator, *, beat: float, beats: float, key: int, velocity: int
-) -> Note:
-    start = song.time_s(beat) + _jitter_s(rng)
-    return Note(start, start + max(beats * song.beat_s, 0.03), key, velocity)
+def place_notes(
+    notes: Sequence[Note], song: Song, rng: np.random.Generator, *, jitter_sd_s: float = 0.008
+) -> list[TimedNote]:
+    """Clip times of ``notes`` with human timing: onsets shifted by clipped Gaussian jitter."""
+    limit_s = 2.5 * jitter_sd_s
+    jitter = np.clip(rng.normal(0.0, jitter_sd_s, size=len(notes)), -limit_s, limit_s)
+    timed = []
+    for note, shift_s in zip(notes, jitter.tolist(), strict=True):
+        start_s = song.time_s(note.beat) + shift_s
+        end_s = start_s + max(note.beats * song.beat_s, 0.03)
+        timed.append(TimedNote(start_s, end_s, note.key, note.velocity))
+    return timed
 
 
 def _root_key(song: Song, bar: int, *, low_key: int, high_key: int, target: float) -> int:
@@ -243,7 +269,7 @@ def bass_part(song: Song, rng: np.random.Generator, *, register: tuple[int, int]
         tuple((i * 0.5, 0.5, 0) for i in range(8)),
         ((0.0, 0.75, 0), (0.75, 0.25, 0), (1.5, 1.0, 7), (3.0, 0.5, 10), (3.5, 0.5, 12)),
     )
-    figure = figures[int(rng.integers(len(figures)))]
+    figure = _pick(rng, figures)
     base_velocity = rng.uniform(80, 105)
     notes = []
     for bar in range(song.n_bars):
@@ -254,16 +280,7 @@ def bass_part(song: Song, rng: np.random.Generator, *, register: tuple[int, int]
             length = min(length, song.beats_per_bar - offset)
             velocity = _velocity(rng, base_velocity + (8 if offset == 0 else 0))
             beat = bar * song.beats_per_bar + offset
-            notes.append(
-                _note(
-                    song,
-                    rng,
-                    beat=beat,
-                    beats=0.92 * length,
-                    key=root + interval,
-                    velocity=velocity,
-                )
-            )
+            notes.append(Note(beat, 0.92 * length, root + interval, velocity))
     return notes
 
 
@@ -281,7 +298,7 @@ def chord_part(
     rng: np.random.Generator,
     *,
     register: tuple[int, int],
-    style: str,
+    style: Literal["block", "pad", "arpeggio"],
     left_hand: bool = False,
     strum_s: float = 0.0,
 ) -> list[Note]:
@@ -296,7 +313,7 @@ def chord_part(
         (0.0, 0.5, 1.5, 2.0, 3.0, 3.5),
         (0.0,),
     )
-    rhythm = rhythms[int(rng.integers(len(rhythms)))] if style == "block" else (0.0,)
+    rhythm = _pick(rng, rhythms) if style == "block" else (0.0,)
     arp_step = 0.5 if song.tempo_bpm < 120 or rng.random() < 0.5 else 1.0
     base_velocity = rng.uniform(65, 95)
     notes: list[Note] = []
@@ -308,14 +325,7 @@ def chord_part(
         if left_hand:
             root = _root_key(song, bar, low_key=36, high_key=52, target=43)
             notes.append(
-                _note(
-                    song,
-                    rng,
-                    beat=bar_beat,
-                    beats=song.beats_per_bar * 0.95,
-                    key=root,
-                    velocity=_velocity(rng, base_velocity),
-                )
+                Note(bar_beat, song.beats_per_bar * 0.95, root, _velocity(rng, base_velocity))
             )
         if style == "arpeggio":
             tones = [*voicing, voicing[0] + 12, *voicing[1:-1][::-1]]
@@ -323,13 +333,11 @@ def chord_part(
             for i in range(n_steps):
                 key = tones[i % len(tones)]
                 notes.append(
-                    _note(
-                        song,
-                        rng,
-                        beat=bar_beat + i * arp_step,
-                        beats=arp_step * 1.6,
-                        key=key,
-                        velocity=_velocity(rng, base_velocity - 5),
+                    Note(
+                        bar_beat + i * arp_step,
+                        arp_step * 1.6,
+                        key,
+                        _velocity(rng, base_velocity - 5),
                     )
                 )
             continue
@@ -342,16 +350,7 @@ def chord_part(
             order = voicing if onset % 1 == 0 else voicing[::-1]
             for j, key in enumerate(order):
                 beat = bar_beat + onset + j * strum_s / song.beat_s
-                notes.append(
-                    _note(
-                        song,
-                        rng,
-                        beat=beat,
-                        beats=length,
-                        key=key,
-                        velocity=_velocity(rng, base_velocity + accent),
-                    )
-                )
+                notes.append(Note(beat, length, key, _velocity(rng, base_velocity + accent)))
     return notes
 
 
@@ -360,7 +359,7 @@ def banjo_part(song: Song, rng: np.random.Generator, *, register: tuple[int, int
     low, high = register
     step = 0.25 if song.tempo_bpm < 100 else 0.5
     patterns = ((0, 1, 2, 0, 1, 2, 0, 1), (0, 2, 1, 2, 0, 2, 1, 2), (2, 1, 0, 2, 1, 0, 2, 1))
-    pattern = patterns[int(rng.integers(len(patterns)))]
+    pattern = _pick(rng, patterns)
     base_velocity = rng.uniform(70, 95)
     notes = []
     for bar in range(song.n_bars):
@@ -368,16 +367,7 @@ def banjo_part(song: Song, rng: np.random.Generator, *, register: tuple[int, int
         for i in range(int(song.beats_per_bar / step)):
             key = voicing[pattern[i % len(pattern)] % len(voicing)]
             velocity = _velocity(rng, base_velocity + (10 if i % 4 == 0 else 0))
-            notes.append(
-                _note(
-                    song,
-                    rng,
-                    beat=bar * song.beats_per_bar + i * step,
-                    beats=step * 2.0,
-                    key=key,
-                    velocity=velocity,
-                )
-            )
+            notes.append(Note(bar * song.beats_per_bar + i * step, step * 2.0, key, velocity))
     return notes
 
 
@@ -394,7 +384,7 @@ def melody_part(
     rng: np.random.Generator,
     *,
     register: tuple[int, int],
-    pace: str,
+    pace: Literal["quick", "moderate", "slow"],
     legato: float = 0.9,
 ) -> list[Note]:
     """Phrases of mostly stepwise motion through the scale, landing on chord tones on strong
@@ -407,10 +397,10 @@ def melody_part(
     index = scale.index(_nearest(scale, (low + high) / 2 + rng.uniform(-4, 4)))
     base_velocity = rng.uniform(70, 100)
     total_beats = song.n_bars * song.beats_per_bar
-    beat = float(rng.choice([0.0, 0.5, 1.0]))
+    beat = _pick(rng, [0.0, 0.5, 1.0])
     notes = []
     while beat < total_beats:
-        phrase_end = beat + phrase_beats - float(rng.choice([0.5, 1.0, 2.0]))
+        phrase_end = beat + phrase_beats - _pick(rng, [0.5, 1.0, 2.0])
         while beat < phrase_end:
             length = min(float(rng.choice(values, p=weights)), phrase_end - beat)
             index = int(np.clip(index + rng.choice(moves, p=move_p), 0, len(scale) - 1))
@@ -420,21 +410,14 @@ def melody_part(
                 index = scale.index(_nearest(chord, scale[index]))
             arc = 8.0 * np.sin(np.pi * (1 - (phrase_end - beat) / phrase_beats))
             notes.append(
-                _note(
-                    song,
-                    rng,
-                    beat=beat,
-                    beats=length * legato,
-                    key=scale[index],
-                    velocity=_velocity(rng, base_velocity + arc),
-                )
+                Note(beat, length * legato, scale[index], _velocity(rng, base_velocity + arc))
             )
             beat += length
-        beat = np.ceil(beat * 2) / 2 + float(rng.choice([0.5, 1.0, 1.5, 2.0]))
+        beat = np.ceil(beat * 2) / 2 + _pick(rng, [0.5, 1.0, 1.5, 2.0])
     return notes
 
 
-# (beat-grid steps per bar, steps per beat); patterns are step indices on that grid.
+# Grooves: the sixteenth-note steps of a bar on which each drum plays.
 _GROOVES_4: tuple[dict[str, tuple[int, ...]], ...] = (
     {"kick": (0, 8, 10), "snare": (4, 12), "hat": (0, 2, 4, 6, 8, 10, 12, 14)},
     {"kick": (0, 6, 8), "snare": (4, 12), "hat": (0, 2, 4, 6, 8, 10, 12), "open": (14,)},
@@ -460,7 +443,7 @@ def drums_part(song: Song, rng: np.random.Generator) -> list[Note]:
     """Kick, snare, toms and hi-hat: one groove per clip with extra kicks, ghost notes and a tom
     fill closing every fourth bar. No crash, ride, splash or china (those are ``cymbals``)."""
     grooves = _GROOVES_4 if song.beats_per_bar == 4 else _GROOVES_3
-    groove = grooves[int(rng.integers(len(grooves)))]
+    groove = _pick(rng, grooves)
     steps_per_bar = 4 * song.beats_per_bar
     step_beats = 0.25
     notes = []
@@ -473,40 +456,22 @@ def drums_part(song: Song, rng: np.random.Generator) -> list[Note]:
                     continue
                 accent = 8 if step % 4 == 0 else 0
                 notes.append(
-                    _note(
-                        song,
-                        rng,
-                        beat=bar_beat + step * step_beats,
-                        beats=0.2,
-                        key=_DRUM_KEYS[part],
-                        velocity=_velocity(rng, _DRUM_LEVELS[part] + accent),
+                    Note(
+                        bar_beat + step * step_beats,
+                        0.2,
+                        _DRUM_KEYS[part],
+                        _velocity(rng, _DRUM_LEVELS[part] + accent),
                     )
                 )
         for step in range(steps_per_bar):
             if step < fill_from and step % 2 == 1 and rng.random() < 0.06:
-                notes.append(
-                    _note(
-                        song,
-                        rng,
-                        beat=bar_beat + step * step_beats,
-                        beats=0.2,
-                        key=_KICK,
-                        velocity=_velocity(rng, 85),
-                    )
-                )
+                notes.append(Note(bar_beat + step * step_beats, 0.2, _KICK, _velocity(rng, 85)))
         if fill_from < steps_per_bar:
             toms = _TOMS[int(rng.integers(2)) :]
             for i, step in enumerate(range(fill_from, steps_per_bar)):
                 key = _SNARE if rng.random() < 0.2 else toms[i * len(toms) // 8]
                 notes.append(
-                    _note(
-                        song,
-                        rng,
-                        beat=bar_beat + step * step_beats,
-                        beats=0.2,
-                        key=key,
-                        velocity=_velocity(rng, 90 + i * 2),
-                    )
+                    Note(bar_beat + step * step_beats, 0.2, key, _velocity(rng, 90 + i * 2))
                 )
     return notes
 
@@ -514,9 +479,9 @@ def drums_part(song: Song, rng: np.random.Generator) -> list[Note]:
 def cymbals_part(song: Song, rng: np.random.Generator) -> list[Note]:
     """Crash, ride, splash and china: crashes on phrase downbeats plus a ride pattern or
     syncopated accents."""
-    style = str(rng.choice(["ride", "crashes", "accents"]))
-    crash_every = int(rng.choice([1, 2])) if style == "crashes" else int(rng.choice([2, 4]))
-    crash = int(rng.choice(_CRASHES))
+    style = _pick(rng, ["ride", "crashes", "accents"])
+    crash_every = _pick(rng, [2, 4]) if style == "ride" else _pick(rng, [1, 2])
+    crash = _pick(rng, _CRASHES)
     ride_steps = (
         (0.0, 1.0, 2.0, 3.0) if rng.random() < 0.5 else (0.0, 1.0, 1.67, 2.0, 3.0, 3.67)
     )  # straight quarters or a swung jazz ride
@@ -524,37 +489,19 @@ def cymbals_part(song: Song, rng: np.random.Generator) -> list[Note]:
     for bar in range(song.n_bars):
         bar_beat = bar * song.beats_per_bar
         if bar % crash_every == 0:
-            notes.append(
-                _note(song, rng, beat=bar_beat, beats=2.0, key=crash, velocity=_velocity(rng, 105))
-            )
+            notes.append(Note(bar_beat, 2.0, crash, _velocity(rng, 105)))
         if style == "ride":
             for i, offset in enumerate(o for o in ride_steps if o < song.beats_per_bar):
                 if bar % crash_every == 0 and i == 0:
                     continue
                 key = _RIDE_BELL if rng.random() < 0.1 else _RIDE
                 notes.append(
-                    _note(
-                        song,
-                        rng,
-                        beat=bar_beat + offset,
-                        beats=0.5,
-                        key=key,
-                        velocity=_velocity(rng, 85 if offset % 1 == 0 else 70),
-                    )
+                    Note(bar_beat + offset, 0.5, key, _velocity(rng, 85 if offset % 1 == 0 else 70))
                 )
         elif style == "accents" and rng.random() < 0.7:
-            offset = float(rng.choice([1.5, 2.5, 3.0, 3.5])) % song.beats_per_bar
-            key = int(rng.choice([_SPLASH, _CHINA, crash]))
-            notes.append(
-                _note(
-                    song,
-                    rng,
-                    beat=bar_beat + offset,
-                    beats=1.0,
-                    key=key,
-                    velocity=_velocity(rng, 95),
-                )
-            )
+            offset = _pick(rng, [1.5, 2.5, 3.0, 3.5]) % song.beats_per_bar
+            key = _pick(rng, [_SPLASH, _CHINA, crash])
+            notes.append(Note(bar_beat + offset, 1.0, key, _velocity(rng, 95)))
     return notes
 
 
@@ -562,7 +509,7 @@ def cymbals_part(song: Song, rng: np.random.Generator) -> list[Note]:
 class Part:
     """A rendered part: its notes and the soundfont preset that plays them."""
 
-    notes: tuple[Note, ...]
+    notes: tuple[TimedNote, ...]
     program: int
     is_drums: bool
 
@@ -570,14 +517,14 @@ class Part:
 def compose_part(instrument: str, song: Song, rng: np.random.Generator) -> Part:
     """Choose a preset and write the notes that ``instrument`` plays in ``song``."""
     if instrument == "drums":
-        return Part(tuple(drums_part(song, rng)), song.drum_kit, True)
+        return Part(tuple(place_notes(drums_part(song, rng), song, rng)), song.drum_kit, True)
     if instrument == "cymbals":
-        return Part(tuple(cymbals_part(song, rng)), song.drum_kit, True)
+        return Part(tuple(place_notes(cymbals_part(song, rng), song, rng)), song.drum_kit, True)
     if instrument not in _PROGRAMS:
         raise ValueError(
             f"no General MIDI rendering for {instrument!r}; the demo classes are {DEMO_CLASSES}"
         )
-    program = int(rng.choice(_PROGRAMS[instrument]))
+    program = _pick(rng, _PROGRAMS[instrument])
     register = _REGISTERS[instrument]
     writers: dict[str, Callable[[], list[Note]]] = {
         "bass": lambda: bass_part(song, rng, register=register),
@@ -586,21 +533,21 @@ def compose_part(instrument: str, song: Song, rng: np.random.Generator) -> Part:
             song,
             rng,
             register=register,
-            style=str(rng.choice(["block", "arpeggio"])),
+            style=_pick(rng, ["block", "arpeggio"]),
             left_hand=True,
         ),
         "guitar": lambda: chord_part(
             song,
             rng,
             register=register,
-            style=str(rng.choice(["block", "block", "arpeggio"])),
+            style=_pick(rng, ["block", "block", "arpeggio"]),
             strum_s=float(rng.uniform(0.008, 0.025)),
         ),
         "organ": lambda: chord_part(
-            song, rng, register=register, style=str(rng.choice(["pad", "block"]))
+            song, rng, register=register, style=_pick(rng, ["pad", "block"])
         ),
         "accordion": lambda: chord_part(
-            song, rng, register=register, style=str(rng.choice(["pad", "block"]))
+            song, rng, register=register, style=_pick(rng, ["pad", "block"])
         ),
         "mallet_percussion": lambda: chord_part(song, rng, register=register, style="arpeggio"),
         "synthesizer": lambda: (
@@ -617,7 +564,7 @@ def compose_part(instrument: str, song: Song, rng: np.random.Generator) -> Part:
         "cello": lambda: melody_part(song, rng, register=register, pace="slow", legato=0.97),
         "trombone": lambda: melody_part(song, rng, register=register, pace="slow", legato=0.9),
     }
-    return Part(tuple(writers[instrument]()), program, False)
+    return Part(tuple(place_notes(writers[instrument](), song, rng)), program, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,39 +573,45 @@ def compose_part(instrument: str, song: Song, rng: np.random.Generator) -> Part:
 
 
 def _midi_events(
-    notes: Sequence[Note], *, sr_hz: int, n_samples: int
+    notes: Sequence[TimedNote], *, sr_hz: int, from_s: float, n_samples: int
 ) -> list[tuple[int, int, int, int]]:
-    """(sample, on?, key, velocity) events, sorted, inside ``[0, n_samples)``.
+    """(sample, on?, key, velocity) events of the ``n_samples`` window that starts at clip time
+    ``from_s``, sorted; notes starting before the window are dropped.
 
     A note is cut where the next note of the same key starts, so a note-off never silences a
-    later note; notes starting before the clip are dropped.
+    later note.
     """
     events = []
     next_start: dict[int, float] = {}
     for note in sorted(notes, key=lambda n: (n.start_s, n.key), reverse=True):
         end_s = min(note.end_s, next_start.get(note.key, np.inf))
         next_start[note.key] = note.start_s
-        start = round(note.start_s * sr_hz)
+        start = round((note.start_s - from_s) * sr_hz)
         if start < 0 or start >= n_samples:
             continue
         events.append((start, 1, note.key, note.velocity))
-        end = round(end_s * sr_hz)
+        end = round((end_s - from_s) * sr_hz)
         if end < n_samples:
             events.append((max(end, start + 1), 0, note.key, 0))
     return sorted(events)  # at equal times note-offs (0) come before note-ons
 
 
-def render_part(part: Part, *, n_samples: int, sr_hz: int) -> np.ndarray:
-    """Synthesise one part alone; mono float32 of ``n_samples``."""
-    import tinysoundfont
+def render_part(part: Part, *, n_samples: int, sr_hz: int, preroll_s: float) -> np.ndarray:
+    """Synthesise one part alone; mono float32 of ``n_samples`` from clip time 0.
 
+    Synthesis starts ``preroll_s`` earlier (then discarded) so that notes begun before the
+    excerpt still sound in it.
+    """
     synth = tinysoundfont.Synth(samplerate=sr_hz)
     sfid = synth.sfload(_soundfont_bytes())
     channel = _DRUM_CHANNEL if part.is_drums else 0
     bank = _DRUM_BANK if part.is_drums else 0
     synth.program_select(channel, sfid, bank, part.program, part.is_drums)
+    n_preroll = round(preroll_s * sr_hz)
+    total = n_preroll + n_samples
+    events = _midi_events(part.notes, sr_hz=sr_hz, from_s=-n_preroll / sr_hz, n_samples=total)
     chunks, cursor = [], 0
-    for sample, on, key, velocity in _midi_events(part.notes, sr_hz=sr_hz, n_samples=n_samples):
+    for sample, on, key, velocity in events:
         if sample > cursor:
             chunks.append(np.frombuffer(synth.generate(sample - cursor), dtype=np.float32))
             cursor = sample
@@ -666,9 +619,9 @@ def render_part(part: Part, *, n_samples: int, sr_hz: int) -> np.ndarray:
             synth.noteon(channel, key, velocity)
         else:
             synth.noteoff(channel, key)
-    if cursor < n_samples:
-        chunks.append(np.frombuffer(synth.generate(n_samples - cursor), dtype=np.float32))
-    stereo = np.concatenate(chunks).reshape(-1, 2)
+    if cursor < total:
+        chunks.append(np.frombuffer(synth.generate(total - cursor), dtype=np.float32))
+    stereo = np.concatenate(chunks).reshape(-1, 2)[n_preroll:]
     return stereo.mean(axis=1, dtype=np.float32)
 
 
@@ -722,7 +675,9 @@ def render_instruments(
     song = random_song(rng, duration_s=duration_s)
     n_samples = round(duration_s * sr_hz)
     parts = [compose_part(name, song, rng) for name in instruments]
-    stems = [render_part(p, n_samples=n_samples, sr_hz=sr_hz) for p in parts]
+    # One bar covers every held note (none is longer); the extra second covers release tails.
+    preroll_s = song.bar_s + 1.0
+    stems = [render_part(p, n_samples=n_samples, sr_hz=sr_hz, preroll_s=preroll_s) for p in parts]
     return mix_parts(stems, rng=rng, sr_hz=sr_hz)
 
 
@@ -785,9 +740,10 @@ def plan_clips(
 
 def label_arrays(plans: Sequence[ClipPlan]) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) int8 labels (1 = present) and (N, C) bool mask (True = known) over DEMO_CLASSES."""
+    shape = (len(plans), len(DEMO_CLASSES))
     labels = np.array([[c in p.instruments for c in DEMO_CLASSES] for p in plans], dtype=np.int8)
-    mask = np.array([p.known for p in plans], dtype=bool).reshape(len(plans), len(DEMO_CLASSES))
-    return labels.reshape(len(plans), len(DEMO_CLASSES)), mask
+    mask = np.array([p.known for p in plans], dtype=bool)
+    return labels.reshape(shape), mask.reshape(shape)
 
 
 def is_current(path: Path, plan: ClipPlan, *, sr_hz: int = SR_HZ) -> bool:
@@ -823,9 +779,6 @@ def write_clip(plan: ClipPlan, path: Path, *, sr_hz: int = SR_HZ) -> Path:
 
 
 def _render_missing(todo: Sequence[tuple[ClipPlan, Path]], *, jobs: int) -> None:
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
     tasks = (delayed(write_clip)(plan, path) for plan, path in todo)
     results = Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
     for _ in tqdm(results, total=len(todo), desc="demo: rendering audio", unit="clip"):
