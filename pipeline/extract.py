@@ -25,6 +25,8 @@ from pipeline.manifest import Manifest
 from pipeline.store import ShardPlan, open_store
 from pipeline.teachers import Teacher
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
 
 class ExtractionError(RuntimeError):
     """Too many clips failed: the inputs or the settings are likely wrong."""
@@ -98,8 +100,12 @@ def _embed(teacher: Teacher, clip_ids: Sequence[str], waves: list[np.ndarray | s
             except Exception as err:
                 results[i] = f"{teacher.name} failed: {type(err).__name__}: {err}"
     for i, r in enumerate(results):
-        if not isinstance(r, str) and not np.isfinite(r).all():
-            results[i] = f"{teacher.name} produced non-finite values for {clip_ids[i]}"
+        if isinstance(r, str):
+            continue
+        if not np.isfinite(r).all():
+            results[i] = f"{teacher.name} produced non-finite values"
+        elif r.size and np.abs(r).max() > FLOAT16_MAX:
+            results[i] = f"{teacher.name} values exceed the float16 range of the store"
     return results
 
 

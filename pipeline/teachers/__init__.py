@@ -115,15 +115,23 @@ def resolve_weights(
     default_dir: Path,
     download: str,
 ) -> Path:
-    """Find a weights file: explicit path, then ``$env_var``, then the package's usual cache.
+    """Find a weights file: explicit path, else ``$env_var``, else the package's usual cache.
+
+    A path given explicitly must exist: it is never silently replaced by another file.
 
     Raises :class:`MissingWeightsError` with one message that says which file is missing, where
     it was looked for, where to put it and how to download it on a machine with internet.
     Nothing is ever downloaded here.
     """
-    candidates: list[tuple[str, Path]] = []
     if explicit:
-        candidates.append(("given path", Path(explicit).expanduser()))
+        path = Path(explicit).expanduser()
+        if path.is_file():
+            return path
+        raise MissingWeightsError(
+            f"{teacher} weights {filename!r} not found at the given path {path}. "
+            f"To download it on a machine with internet: {download}"
+        )
+    candidates: list[tuple[str, Path]] = []
     if os.environ.get(env_var):
         candidates.append((f"${env_var}", Path(os.environ[env_var]).expanduser()))
     candidates.append(("default location", default_dir.expanduser() / filename))

@@ -189,9 +189,16 @@ def _table_entries(table: bytes) -> list[tuple[bytes, bytes]]:
 # --- public API -------------------------------------------------------------------------------
 
 
+def bundle_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """(index file, data file) of a bundle; a folder means the empty prefix inside it."""
+    if Path(prefix).is_dir():
+        prefix = f"{Path(prefix)}/"
+    return Path(f"{prefix}.index"), Path(f"{prefix}.data-00000-of-00001")
+
+
 def read_index(prefix: str | Path) -> dict[str, TensorEntry]:
-    """Map each tensor name in ``<prefix>.index`` to its dtype, shape, offset and byte size."""
-    table = Path(f"{prefix}.index").read_bytes()
+    """Map each tensor name in the bundle's index to its dtype, shape, offset and byte size."""
+    table = bundle_paths(prefix)[0].read_bytes()
     index: dict[str, TensorEntry] = {}
     for key, value in _table_entries(table):
         if key == b"":
@@ -213,7 +220,7 @@ def _check_header(buf: bytes) -> None:
 
 def read_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
     """Load every tensor of the bundle at ``prefix`` as a numpy array (native byte order)."""
-    data = Path(f"{prefix}.data-00000-of-00001").read_bytes()
+    data = bundle_paths(prefix)[1].read_bytes()
     tensors: dict[str, np.ndarray] = {}
     for name, entry in read_index(prefix).items():
         if entry.offset + entry.size > len(data):
