@@ -12,6 +12,8 @@ SPLITS  ?=
 CLIPS   ?=
 WEIGHTS ?=
 DEVICE  ?=
+# Store name under data/cache/DATASET/ (default: the teacher's name)
+STORE   ?=
 # Extra teacher options, e.g. TEACHER_OPTS="layer=penultimate batch_size=32"
 TEACHER_OPTS ?=
 
@@ -48,7 +50,8 @@ data: setup
 
 extract: setup
 	$(CLI) extract $(DATASET) $(TEACHER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
-		$(if $(DEVICE),--device $(DEVICE)) $(foreach o,$(TEACHER_OPTS),-o $(o))
+		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
+		$(foreach o,$(TEACHER_OPTS),-o $(o))
 
 test: setup
 	$(PY) -m pytest -q

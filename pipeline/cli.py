@@ -80,7 +80,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from pipeline.teachers import create_teacher
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    manifest = Manifest.read(manifest_path(args.data_dir, args.dataset))
+    path = manifest_path(args.data_dir, args.dataset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no manifest for dataset {args.dataset!r} at {path}: "
+            f"build it first with `make data DATASET={args.dataset}`"
+        )
+    manifest = Manifest.read(path)
     teacher = create_teacher(args.teacher, weights=args.weights, device=device, **dict(args.option))
     out = store_path(args.data_dir, args.dataset, args.name or args.teacher)
     summary = extract(
@@ -176,14 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.extract import ExtractionError
     from pipeline.manifest import ManifestError
     from pipeline.store import StoreError
-    from pipeline.teachers import MissingWeightsError
+    from pipeline.teachers import InvalidWeightsError
 
     try:
         return args.run(args)
-    except (ManifestError, StoreError, MissingWeightsError, ExtractionError, AudioError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
+    # MissingWeightsError is a FileNotFoundError, as is a manifest not built yet.
+    except (
+        ManifestError,
+        StoreError,
+        FileNotFoundError,
+        InvalidWeightsError,
+        ExtractionError,
+        AudioError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -36,3 +36,8 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "../escape", "--csv", str(table)])
     assert "use letters, digits" in capsys.readouterr().err
+
+
+def test_extract_without_manifest_says_what_to_run(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path), "extract", "nodata", "musicnn"]) == 2
+    assert "build it first with `make data DATASET=nodata`" in capsys.readouterr().err

@@ -106,6 +106,10 @@ class MissingWeightsError(FileNotFoundError):
     """A teacher's weights file is not where it was looked for."""
 
 
+class InvalidWeightsError(ValueError):
+    """A weights file that is not the checkpoint the teacher expects."""
+
+
 def resolve_weights(
     *,
     teacher: str,

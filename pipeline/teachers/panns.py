@@ -29,7 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.teachers import Teacher, file_sha256, register_teacher, resolve_weights
+from pipeline.teachers import (
+    InvalidWeightsError,
+    Teacher,
+    file_sha256,
+    register_teacher,
+    resolve_weights,
+)
 
 WEIGHTS_FILE = "Cnn14_mAP=0.431.pth"
 WEIGHTS_ENV = "PANNS_WEIGHTS"
@@ -58,10 +64,6 @@ MIN_SAMPLES = (TIME_POOLING - 1) * HOP_SAMPLES
 LAYERS = ("clip", "frames")
 
 _PRIVATE_PACKAGE = "_pipeline_panns_inference"
-
-
-class InvalidWeightsError(ValueError):
-    """A weights file that is not a PANNs Cnn14 checkpoint."""
 
 
 @cache

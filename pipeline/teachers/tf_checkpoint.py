@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.teachers import InvalidWeightsError
+
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_BYTES = 48
 _BLOCK_TRAILER_BYTES = 5  # one compression-type byte, then a 4-byte crc
@@ -39,7 +41,7 @@ _DTYPES: dict[int, np.dtype] = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InvalidWeightsError):
     """The files are not a checkpoint this reader understands."""
 
 
