@@ -102,7 +102,9 @@ def _embed(teacher: Teacher, clip_ids: Sequence[str], waves: list[np.ndarray | s
     for i, r in enumerate(results):
         if isinstance(r, str):
             continue
-        if not np.isfinite(r).all():
+        if len(r) == 0:
+            results[i] = f"{teacher.name} produced no frames"
+        elif not np.isfinite(r).all():
             results[i] = f"{teacher.name} produced non-finite values"
         elif r.size and np.abs(r).max() > FLOAT16_MAX:
             results[i] = f"{teacher.name} values exceed the float16 range of the store"
