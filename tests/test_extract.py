@@ -17,7 +17,7 @@ class FrameStats(Teacher):
     sample_rate_hz = 8000
     hop_s = 0.5
     dim = 2
-    min_duration_s = 0.5
+    min_duration_s = 0.1
 
     def __init__(self):
         self.calls = 0
@@ -86,9 +86,11 @@ def test_extract_writes_every_clip_in_manifest_order(tmp_path):
 
 
 def test_bad_clips_are_recorded_and_the_run_goes_on(tmp_path):
-    specs = [(2.0, "ok"), (1.0, "garbage"), (0.2, "ok"), (2.0, "model-error"), (2.0, "ok")] + [
-        (1.0, "ok")
-    ] * 20
+    specs = (
+        [(2.0, "ok"), (1.0, "garbage"), (0.05, "ok"), (2.0, "model-error"), (2.0, "ok")]
+        + [(0.2, "ok")]
+        + [(1.0, "ok")] * 20
+    )
     manifest = _manifest(tmp_path, specs)
     (tmp_path / "0.wav").unlink()  # vanished after the manifest was made
     summary = extract(
@@ -100,14 +102,15 @@ def test_bad_clips_are_recorded_and_the_run_goes_on(tmp_path):
         jobs=2,
         progress=False,
     )
-    assert set(summary.failed) == {"c0", "c1", "c2", "c3"}
+    assert set(summary.failed) == {"c0", "c1", "c2", "c3", "c5"}
     assert "file not found" in summary.failed["c0"]
     assert "cannot decode" in summary.failed["c1"]
-    assert "0.200 s long" in summary.failed["c2"]
+    assert "0.050 s long, needs at least 0.1 s" in summary.failed["c2"]
+    assert summary.failed["c5"] == "frame-stats produced no frames"
     assert "unsupported waveform" in summary.failed["c3"]
     store = read_store(tmp_path / "s.zarr")
     assert store.failures() == summary.failed
-    assert store.n_frames[:5].tolist() == [0, 0, 0, 0, 4]
+    assert store.n_frames[:7].tolist() == [0, 0, 0, 0, 4, 0, 2]
     assert "failed c3: frame-stats failed: RuntimeError" in str(summary)
 
 
