@@ -81,7 +81,7 @@ class ClipStore:
 
     @property
     def shard_size(self) -> int:
-        return int(self._group.attrs["shard_size"])
+        return int(self._group.attrs["layout"]["shard_size"])
 
     @property
     def dim(self) -> int:
@@ -242,7 +242,6 @@ def open_store(
             "format": STORE_FORMAT,
             "fingerprint": _canonical(fingerprint),
             "layout": layout,
-            "shard_size": shard_size,
         }
     )
     (path / "progress").mkdir(exist_ok=True)
