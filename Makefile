@@ -16,10 +16,20 @@ DEVICE  ?=
 STORE   ?=
 # Extra teacher options, e.g. TEACHER_OPTS="layer=penultimate batch_size=32"
 TEACHER_OPTS ?=
+# Training: TEACHER=none is the baseline; "a+b" trains against several teacher stores.
+# Empty values keep the dataset preset's choice.
+STUDENT  ?=
+FRONTEND ?=
+LOSS     ?=
+LAMBDA   ?=
+KD       ?=
+WORKERS  ?=
+# Any other training setting, e.g. SETTINGS="max_epochs=20 lr=3e-4"
+SETTINGS ?=
 
 CLI := $(PY) -m pipeline --data-dir $(DATA)
 
-.PHONY: help setup data extract test lint format clean-venv
+.PHONY: help setup data extract mels train test lint format clean-venv
 
 help:
 	@echo "make setup                                  virtual env with everything (.venv)"
@@ -28,6 +38,9 @@ help:
 	@echo "make data DATASET=magnatagatune ROOT=<dir> [SPLITS=<dir>]  manifest from MagnaTagATune"
 	@echo "make data DATASET=<name> CSV=<file.csv>     manifest from your own CSV"
 	@echo "make extract DATASET=... TEACHER=...        stage one: teacher embeddings (resumable)"
+	@echo "make mels DATASET=... [FRONTEND=cp_resnet]  log-mel store (make train builds it if missing)"
+	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
+	@echo "                                            stage two: train a student (resumable)"
 	@echo "make test                                   the test suite"
 	@echo "make lint                                   ruff"
 
@@ -52,6 +65,15 @@ extract: setup
 	$(CLI) extract $(DATASET) $(TEACHER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
 		$(foreach o,$(TEACHER_OPTS),-o $(o))
+
+mels: setup
+	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) $(if $(DEVICE),--device $(DEVICE))
+
+train: setup
+	$(CLI) train $(DATASET) teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
+		$(if $(FRONTEND),frontend=$(FRONTEND)) $(if $(LOSS),loss=$(LOSS)) \
+		$(if $(LAMBDA),lam=$(LAMBDA)) $(if $(filter 1 yes true True,$(KD)),kd=True) \
+		$(SETTINGS) $(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
 
 test: setup
 	$(PY) -m pytest -q

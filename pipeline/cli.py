@@ -12,15 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.paths import manifest_path, store_path
+
 DATA_DIR = Path("data")
-
-
-def manifest_path(data_dir: Path, dataset: str) -> Path:
-    return data_dir / "manifests" / f"{dataset}.parquet"
-
-
-def store_path(data_dir: Path, dataset: str, name: str) -> Path:
-    return data_dir / "cache" / dataset / f"{name}.zarr"
 
 
 def _safe_name(value: str) -> str:
@@ -76,17 +70,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     import torch
 
     from pipeline.extract import extract
-    from pipeline.manifest import Manifest
     from pipeline.teachers import create_teacher
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = manifest_path(args.data_dir, args.dataset)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no manifest for dataset {args.dataset!r} at {path}: "
-            f"build it first with `make data DATASET={args.dataset}`"
-        )
-    manifest = Manifest.read(path)
+    manifest = _read_manifest(args.data_dir, args.dataset)
     teacher = create_teacher(args.teacher, weights=args.weights, device=device, **dict(args.option))
     out = store_path(args.data_dir, args.dataset, args.name or args.teacher)
     summary = extract(
@@ -101,6 +88,67 @@ def cmd_extract(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(summary)
+    return 0
+
+
+def _read_manifest(data_dir: Path, dataset: str):
+    from pipeline.manifest import Manifest
+
+    path = manifest_path(data_dir, dataset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no manifest for dataset {dataset!r} at {path}: "
+            f"build it first with `make data DATASET={dataset}`"
+        )
+    return Manifest.read(path)
+
+
+def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any):
+    """Compute (or finish) the mel store of a dataset; see ``pipeline.extract.extract``."""
+    from pipeline.extract import extract
+    from pipeline.features import create_frontend
+    from pipeline.paths import mel_store_name
+
+    manifest = _read_manifest(data_dir, dataset)
+    frontend = create_frontend(frontend_name, device=options.pop("device", None) or "cpu")
+    out = store_path(data_dir, dataset, mel_store_name(frontend_name))
+    return extract(manifest, frontend, out, **options)
+
+
+def cmd_mels(args: argparse.Namespace) -> int:
+    summary = build_mels(
+        args.data_dir,
+        args.dataset,
+        args.frontend,
+        device=args.device,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        jobs=args.jobs,
+        max_duration_s=args.max_duration,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(summary)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.config import train_config
+    from pipeline.paths import mel_store_name
+    from pipeline.store import COMPLETE_MARKER
+    from pipeline.train import train
+
+    overrides = dict(args.setting)
+    if args.device:
+        overrides["device"] = args.device
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    cfg = train_config(args.dataset, preset=args.preset, **overrides)
+    mel_store = store_path(args.data_dir, args.dataset, mel_store_name(cfg.frontend))
+    if not (mel_store / COMPLETE_MARKER).is_file():
+        print(f"computing the {cfg.frontend} mel store first")
+        print(build_mels(args.data_dir, args.dataset, cfg.frontend, progress=not args.quiet))
+    train(cfg, args.data_dir, progress=not args.quiet)
     return 0
 
 
@@ -169,6 +217,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_extract)
+
+    from pipeline.features import list_frontends
+
+    p = sub.add_parser(
+        "mels",
+        help="log-mel spectrograms of every clip into a clip store",
+        description="Compute the mel front end of every clip of a manifest into "
+        "data/cache/DATASET/mel-FRONTEND.zarr; resumes an interrupted run.",
+    )
+    p.add_argument("dataset", type=_safe_name)
+    p.add_argument("--frontend", choices=list_frontends(), default="cp_resnet")
+    p.add_argument("--device", help="torch device (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per decode task")
+    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (unit of resume)")
+    p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
+    p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_mels)
+
+    p = sub.add_parser(
+        "train",
+        help="stage two: train a student on cached mels and teacher embeddings",
+        description="Train a student with the dataset's preset, changed by KEY=VALUE settings "
+        "(e.g. teacher=panns+vggish loss=cosine lam=0.6 kd=True student_options={'rho':5}). "
+        "A run lives in data/runs/DATASET/ and resumes from its last epoch when started again.",
+    )
+    p.add_argument("dataset", type=_safe_name)
+    p.add_argument("setting", type=_key_value, nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--preset", help="hyper-parameter preset (default: the dataset's, or default)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, help="loader worker processes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_train)
     return parser
 
 
@@ -179,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from pipeline.audio import AudioError
+    from pipeline.config import ConfigError
     from pipeline.extract import ExtractionError
     from pipeline.manifest import ManifestError
     from pipeline.store import StoreError
@@ -194,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         InvalidWeightsError,
         ExtractionError,
         AudioError,
+        ConfigError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,5 +1,8 @@
 """Stage one: run a teacher over every clip of a manifest, into a clip store.
 
+Any :class:`Encoder` can take the teacher's place, e.g. a mel front end
+(:class:`pipeline.features.MelFrontEnd`) whose spectrograms are cached the same way.
+
 Worker processes (joblib) decode and resample the next batches while the teacher embeds the
 current one; each finished shard is written once with its done marker, so a killed run resumes
 where it stopped. Clips that cannot be decoded or embedded are recorded with their cause and
@@ -14,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -23,9 +26,26 @@ from tqdm.auto import tqdm
 from pipeline.audio import AudioError, load_audio
 from pipeline.manifest import Manifest
 from pipeline.store import ShardPlan, open_store
-from pipeline.teachers import Teacher
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class Encoder(Protocol):
+    """What :func:`extract` needs from a teacher (or a mel front end): clips → (frames, D) arrays.
+
+    See :class:`pipeline.teachers.Teacher` for the meaning of each member.
+    """
+
+    name: str
+    sample_rate_hz: int
+    min_duration_s: float
+    dim: int
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+    def num_frames(self, n_samples: int) -> int: ...
+
+    def fingerprint(self) -> dict[str, Any]: ...
 
 
 class ExtractionError(RuntimeError):
@@ -86,7 +106,7 @@ def _decode(
     return out
 
 
-def _embed(teacher: Teacher, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
+def _embed(teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
     """Embed a batch's decoded clips; a teacher error is pinned to its clip by retrying singly."""
     ok = [i for i, w in enumerate(waves) if not isinstance(w, str)]
     results: list[np.ndarray | str] = list(waves)
@@ -120,7 +140,7 @@ def _batches(
             yield plan.index, start, min(start + batch_size, plan.stop)
 
 
-def max_frames_for(manifest: Manifest, teacher: Teacher, max_duration_s: float | None) -> int:
+def max_frames_for(manifest: Manifest, teacher: Encoder, max_duration_s: float | None) -> int:
     durations = manifest.clips["duration_s"].to_numpy(dtype=float)
     if np.isnan(durations).all():
         raise ExtractionError(f"{manifest.name}: no clip has a readable duration")
@@ -132,7 +152,7 @@ def max_frames_for(manifest: Manifest, teacher: Teacher, max_duration_s: float |
 
 def extract(
     manifest: Manifest,
-    teacher: Teacher,
+    teacher: Encoder,
     out: str | os.PathLike,
     *,
     batch_size: int = 16,
@@ -143,7 +163,7 @@ def extract(
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExtractSummary:
-    """Embed every clip of ``manifest`` with ``teacher`` into the store at ``out``.
+    """Embed every clip of ``manifest`` with ``teacher`` (any :class:`Encoder`) into ``out``.
 
     Parameters
     ----------

@@ -13,11 +13,11 @@ PAPER_MOBILE_FCN_PARAMS = 314_000  # MTAT (50 classes)
 
 
 def test_registry_lists_students() -> None:
-    assert list_students() == ["cp_resnet", "mobile_fcn"]
+    assert list_students() == ["cp_resnet", "mobile_fcn", "mobilenet_v3"]
 
 
 def test_unknown_student_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="cp_resnet, mobile_fcn"):
+    with pytest.raises(ValueError, match="cp_resnet, mobile_fcn, mobilenet_v3"):
         create_student("vgg", n_classes=2, n_mels=96)
 
 

@@ -26,7 +26,11 @@ StudentBuilder = Callable[..., "Student"]
 STUDENTS: dict[str, StudentBuilder] = {}
 
 # Imported lazily by ``create_student`` so that listing students imports no model file.
-_STUDENT_MODULES = {"cp_resnet": "cp_resnet", "mobile_fcn": "mobile_fcn"}
+_STUDENT_MODULES = {
+    "cp_resnet": "cp_resnet",
+    "mobile_fcn": "mobile_fcn",
+    "mobilenet_v3": "mobilenet_v3",
+}
 
 
 class Student(nn.Module):

@@ -1,0 +1,39 @@
+"""Multi-label metrics over observed labels only.
+
+Every function takes ``scores`` (N, C) (probabilities or logits; only their order matters for AP),
+``labels`` (N, C) in {0, 1} and ``mask`` (N, C) bool, true where the label is known. A class
+whose observed labels are all positive or all negative has no defined AP; it gets NaN and is left
+out of the mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-class average precision over observed entries: (C,) float, NaN where undefined."""
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        known = mask[:, c].astype(bool)
+        y = labels[known, c] > 0.5
+        if y.any() and not y.all():
+            out[c] = average_precision_score(y, scores[known, c])
+    return out
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of :func:`average_precision` over the classes where it is defined."""
+    per_class = average_precision(scores, labels, mask)
+    return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
+
+
+def label_frequency_map(labels: np.ndarray, mask: np.ndarray) -> float:
+    """mAP of a classifier that knows nothing but the class frequencies.
+
+    A constant score per class ranks every clip equally, so its AP is the positive rate among the
+    observed labels: the chance level a trained student must beat.
+    """
+    constant = np.broadcast_to(np.zeros(labels.shape[1]), labels.shape)
+    return mean_average_precision(constant, labels, mask)

@@ -1,0 +1,88 @@
+"""Training configs: presets, the paper's λ, overrides, and the run hash."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import ConfigError, paper_lambda, train_config
+
+
+def test_openmic_preset_has_the_papers_settings() -> None:
+    cfg = train_config("openmic", teacher="passt")
+    assert (cfg.student, cfg.frontend, cfg.batch_size, cfg.lr, cfg.weight_decay) == (
+        "cp_resnet",
+        "cp_resnet",
+        16,
+        1e-4,
+        1e-4,
+    )
+    assert (cfg.plateau_factor, cfg.plateau_patience, cfg.early_stop_patience) == (0.2, 8, 15)
+    assert (cfg.mixup_alpha, cfg.specaug_freq, cfg.specaug_time) == (0.3, 48, 192)
+    assert (cfg.grad_clip, cfg.seed) == (1.0, 1223)
+
+
+def test_magnatagatune_preset() -> None:
+    cfg = train_config("magnatagatune", teacher="vggish")
+    assert (cfg.student, cfg.frontend) == ("mobile_fcn", "mobile_fcn")
+    assert (cfg.plateau_patience, cfg.early_stop_patience, cfg.mixup_alpha) == (5, 12, 0.0)
+    assert cfg.regulariser_weight == 0.6
+
+
+@pytest.mark.parametrize(
+    ("teacher", "expected"), [("passt", 0.9), ("panns", 0.9), ("vggish", 0.8), ("openl3", 0.8)]
+)
+def test_paper_lambda_on_openmic(teacher: str, expected: float) -> None:
+    assert train_config("openmic", teacher=teacher).regulariser_weight == expected
+
+
+def test_several_teachers_take_the_mean_lambda() -> None:
+    assert paper_lambda("openmic", ("panns", "vggish")) == pytest.approx(0.85)
+    cfg = train_config("openmic", teacher="panns+vggish")
+    assert cfg.teachers == ("panns", "vggish")
+
+
+def test_baseline_has_no_teacher_and_lambda_zero() -> None:
+    cfg = train_config("openmic", teacher="none", lam=0.9)
+    assert cfg.teachers == ()
+    assert cfg.regulariser_weight == 0.0
+
+
+def test_overrides_are_typed_and_checked() -> None:
+    cfg = train_config("openmic", teacher="panns", lr=1, lam=0.5, student_options={"rho": 5})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.regulariser_weight == 0.5
+    with pytest.raises(ConfigError, match="unknown setting.*learning_rate"):
+        train_config("openmic", learning_rate=0.1)
+    with pytest.raises(ConfigError, match="lam must lie in"):
+        train_config("openmic", teacher="panns", lam=1.5)
+    with pytest.raises(ConfigError, match="kd needs a teacher"):
+        train_config("openmic", kd=True)
+    with pytest.raises(ConfigError, match="unknown student"):
+        train_config("openmic", student="vgg")
+    with pytest.raises(ConfigError, match="True or False"):
+        train_config("openmic", teacher="panns", kd=1)
+    with pytest.raises(ConfigError, match="teacher_weights has 1 entries for 2"):
+        train_config("openmic", teacher="panns+vggish", teacher_weights=[1])
+
+
+def test_unknown_dataset_gets_default_preset_and_presets_can_be_chosen() -> None:
+    assert train_config("mine").mixup_alpha == 0.0
+    assert train_config("mine", preset="openmic").mixup_alpha == 0.3
+    with pytest.raises(ConfigError, match="unknown preset"):
+        train_config("mine", preset="nope")
+
+
+def test_run_hash_ignores_speed_settings_only() -> None:
+    base = train_config("openmic", teacher="panns")
+    assert base.digest() == train_config("openmic", teacher="panns", workers=7).digest()
+    assert base.digest() == train_config("openmic", teacher="panns", device="cuda").digest()
+    assert base.digest() != train_config("openmic", teacher="panns", lr=3e-4).digest()
+    # Spelling out the paper's λ is the same run as leaving it to the preset.
+    assert base.digest() == train_config("openmic", teacher="panns", lam=0.9).digest()
+    assert base.run_name().startswith("cp_resnet-panns-")
+    assert (
+        train_config("openmic", teacher="panns", kd=True)
+        .run_name()
+        .startswith("cp_resnet-panns-kd-")
+    )
+    assert base.run_name("stores A") != base.run_name("stores B")
