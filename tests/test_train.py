@@ -1,0 +1,178 @@
+"""Stage two end to end on the rendered demo dataset, with the real musicnn teacher's store.
+
+Trains for a few epochs on 192 clips: the loss falls and validation mAP clears the
+label-frequency baseline; the same seed gives the same metrics; a SIGKILL'd run started again
+ends exactly where an uninterrupted one does; no teacher code is imported while training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import train_config
+from pipeline.train import train
+
+pytestmark = pytest.mark.slow
+
+CLIPS = 192
+TIMING_COLUMNS = ["seconds", "clips_per_s"]
+
+
+def _cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pipeline {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    _cli(data, "data", "demo", "--clips", str(CLIPS))
+    _cli(data, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
+    _cli(data, "extract", "demo", "musicnn", "--quiet")
+    return data
+
+
+def _sibling(data_dir: Path, tmp_path: Path) -> Path:
+    """A data folder sharing the manifests and stores but with runs of its own."""
+    other = tmp_path / "data"
+    other.mkdir()
+    for name in ("manifests", "cache", "datasets"):
+        (other / name).symlink_to(data_dir / name)
+    return other
+
+
+def _metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING_COLUMNS)
+
+
+BASELINE = {"teacher": "none", "max_epochs": 6, "workers": 0}
+
+
+@pytest.fixture(scope="module")
+def baseline(data_dir: Path):
+    return train(train_config("demo", **BASELINE), data_dir, progress=False)
+
+
+def test_training_lowers_the_loss_and_beats_label_frequency(baseline) -> None:
+    metrics = _metrics(baseline.run_dir)
+    summary = json.loads((baseline.run_dir / "train.json").read_text())
+    assert len(metrics) == 6
+    assert metrics["train_total"].iloc[-1] < 0.8 * metrics["train_total"].iloc[0]
+    chance = summary["label_frequency_valid_map"]
+    print(f"best valid mAP {baseline.best_valid_map:.3f}, label frequency {chance:.3f}")
+    assert baseline.best_valid_map > chance + 0.15
+    for name in ("config.json", "stores.json", "last.pt", "best.pt", "metrics.csv"):
+        assert (baseline.run_dir / name).is_file()
+    assert list((baseline.run_dir / "tb").glob("events.out.tfevents.*"))
+    best = torch.load(baseline.run_dir / "best.pt", weights_only=True)
+    assert best["epoch"] == summary["best_epoch"]
+    assert best["config"]["classes"] and best["config"]["frontend"] == "mobile_fcn"
+
+
+def test_finished_run_is_not_trained_again(data_dir: Path, baseline) -> None:
+    before = (baseline.run_dir / "last.pt").stat().st_mtime_ns
+    again = train(train_config("demo", **BASELINE), data_dir, progress=False)
+    assert again.run_dir == baseline.run_dir and again.resumed_from == -1
+    assert (baseline.run_dir / "last.pt").stat().st_mtime_ns == before
+
+
+def test_same_seed_gives_identical_metrics(data_dir: Path, baseline, tmp_path: Path) -> None:
+    other = train(train_config("demo", **BASELINE), _sibling(data_dir, tmp_path), progress=False)
+    assert other.run_dir.name == baseline.run_dir.name
+    pd.testing.assert_frame_equal(_metrics(other.run_dir), _metrics(baseline.run_dir))
+
+
+def test_east_kd_trains_with_teacher_terms_and_a_probe(data_dir: Path) -> None:
+    cfg = train_config("demo", teacher="musicnn", kd=True, max_epochs=2, workers=0)
+    result = train(cfg, data_dir, progress=False)
+    metrics = _metrics(result.run_dir)
+    assert {"train_bce", "train_dc", "train_kd", "train_reg"} <= set(metrics.columns)
+    assert metrics["train_dc"].between(0, 1).all()
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["lam"] == 0.9 and config["kd"] is True
+    stores = json.loads((result.run_dir / "stores.json").read_text())
+    assert any(s["fingerprint"].get("teacher") == "musicnn" for s in stores.values())
+    probe = json.loads((result.run_dir / "probe-musicnn.json").read_text())
+    assert probe["valid_map"] > 0.3
+
+
+def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    settings = ["teacher=musicnn", "max_epochs=4"]
+    reference = train(
+        train_config("demo", teacher="musicnn", max_epochs=4, workers=0), data_dir, progress=False
+    )
+    killed_dir = _sibling(data_dir, tmp_path)
+    run_dir = killed_dir / "runs" / "demo" / reference.run_dir.name
+    command = [sys.executable, "-m", "pipeline", "--data-dir", str(killed_dir)]
+    proc = subprocess.Popen(
+        [*command, "train", "demo", *settings, "--workers", "2", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.csv").is_file():
+            break
+        time.sleep(0.01)
+    time.sleep(1.0)  # into the second epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "train.json").exists(), "the kill should land mid-run"
+    epochs_before = len(pd.read_csv(run_dir / "metrics.csv"))
+    assert 1 <= epochs_before < 4
+
+    out = _cli(killed_dir, "train", "demo", *settings, "--workers", "2", "-q")
+    assert f"resuming after epoch {epochs_before}" in out.stdout
+    pd.testing.assert_frame_equal(_metrics(run_dir), _metrics(reference.run_dir))
+    resumed = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+    uninterrupted = torch.load(reference.run_dir / "best.pt", weights_only=True)["model"]
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(resumed[name], tensor), name
+    assert not list(run_dir.glob("*.partial"))
+
+
+def test_training_imports_no_teacher_code(data_dir: Path, tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pipeline.config import train_config
+        from pipeline.train import train
+        train(train_config("demo", teacher="musicnn", kd=True, max_epochs=1, workers=2),
+              {str(_sibling(data_dir, tmp_path))!r}, progress=False)
+        banned = ("pipeline.teachers", "pipeline.extract", "musicnn", "panns_inference",
+                  "_pipeline_panns_inference", "torchvggish", "torchopenl3", "openl3",
+                  "hear21passt")
+        print("IMPORTED", sorted(m for m in sys.modules if m.split(".")[0] in banned
+                                 or m.startswith(banned)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True
+    )
+    assert "IMPORTED []" in out.stdout, out.stdout
+
+
+def test_missing_teacher_store_names_the_command(data_dir: Path) -> None:
+    out = _cli(data_dir, "train", "demo", "teacher=panns", check=False)
+    assert out.returncode == 2
+    assert "panns.zarr" in out.stderr and "make extract" in out.stderr
