@@ -114,6 +114,18 @@ def test_east_kd_trains_with_teacher_terms_and_a_probe(data_dir: Path) -> None:
     assert probe["valid_map"] > 0.3
 
 
+def test_several_teachers_each_get_a_term(data_dir: Path) -> None:
+    store = data_dir / "cache" / "demo" / "musicnn.zarr"
+    (store.parent / "musicnn-again.zarr").symlink_to(store)
+    cfg = train_config("demo", teacher="musicnn+musicnn-again", max_epochs=1, workers=0)
+    result = train(cfg, data_dir, progress=False)
+    metrics = _metrics(result.run_dir)
+    # The same embeddings twice: both terms are equal and equal to their mean.
+    assert metrics["train_dc/0"].iloc[0] == pytest.approx(metrics["train_dc/1"].iloc[0])
+    assert metrics["train_dc"].iloc[0] == pytest.approx(metrics["train_dc/0"].iloc[0])
+    assert result.run_dir.name.startswith("cp_resnet-musicnn+musicnn-again-")
+
+
 def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
     data_dir: Path, tmp_path: Path
 ) -> None:
