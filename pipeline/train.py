@@ -254,6 +254,8 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
         "lam": cfg.regulariser_weight,
         "run": run_dir.name,
         "classes": list(manifest.classes),
+        "n_mels": train_set.n_mels,
+        "mel_frames": train_set.mel_frames,
         "pipeline_version": pipeline.__version__,
     }
     _write_text_atomic(run_dir / "config.json", json.dumps(resolved, indent=2))
