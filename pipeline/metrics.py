@@ -9,7 +9,12 @@ out of the mean.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -37,3 +42,50 @@ def label_frequency_map(labels: np.ndarray, mask: np.ndarray) -> float:
     """
     constant = np.broadcast_to(np.zeros(labels.shape[1]), labels.shape)
     return mean_average_precision(constant, labels, mask)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-class ROC-AUC over observed entries: (C,) float, NaN where undefined."""
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        known = mask[:, c].astype(bool)
+        y = labels[known, c] > 0.5
+        if y.any() and not y.all():
+            out[c] = roc_auc_score(y, scores[known, c])
+    return out
+
+
+def f1_scores(
+    scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, thresholds: np.ndarray | float
+) -> np.ndarray:
+    """Per-class F1 of ``scores >= threshold`` on observed entries: (C,), NaN if no positives."""
+    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=float), (scores.shape[1],))
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        known = mask[:, c].astype(bool)
+        y = labels[known, c] > 0.5
+        if y.any():
+            out[c] = f1_score(y, scores[known, c] >= thresholds[c], zero_division=0.0)
+    return out
+
+
+def best_f1_thresholds(
+    scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, default: float = 0.5
+) -> np.ndarray:
+    """Per-class threshold maximising F1 on these (validation) scores; else ``default``."""
+    out = np.full(scores.shape[1], default)
+    for c in range(scores.shape[1]):
+        known = mask[:, c].astype(bool)
+        y = labels[known, c] > 0.5
+        if not y.any():
+            continue
+        precision, recall, candidates = precision_recall_curve(y, scores[known, c])
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        out[c] = candidates[int(np.argmax(f1[:-1]))]
+    return out
+
+
+def nanmean(values: np.ndarray) -> float:
+    """Mean over the defined (finite) entries; NaN if there are none."""
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
