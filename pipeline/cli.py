@@ -152,6 +152,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate_all
+
+    lines = evaluate_all(args.data_dir, args.dataset, device=args.device, probes=not args.no_probes)
+    print("\n".join(lines) if lines else "no trained run to evaluate")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import warnings
+
+    from pipeline.predict import FrontEndChangedWarning, RunError, load_run
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FrontEndChangedWarning)
+        try:
+            predictor = load_run(args.run_dir, device=args.device)
+        except RunError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    for w in caught:
+        if issubclass(w.category, FrontEndChangedWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    result = predictor.predict_files(args.files, batch_size=args.batch_size)
+    if len(result.table):
+        print(result.format_table(k=args.top))
+    for file, cause in result.failures.items():
+        print(f"error: {file}: {cause}", file=sys.stderr)
+    if args.csv is not None:
+        out = result.to_csv(args.csv)
+        print(f"{out}: probabilities of {len(result.table)} files")
+    if not len(result.table):
+        return 2
+    return 1 if result.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.datasets import list_datasets
     from pipeline.teachers import list_teachers
@@ -251,6 +299,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="loader worker processes")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="test-split metrics of every trained run not yet evaluated",
+        description="Evaluate each finished run's best checkpoint on the test split "
+        "(metrics.json in its folder) and each teacher's linear-probe baseline.",
+    )
+    p.add_argument("dataset", nargs="?", type=_safe_name, help="only this dataset's runs")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--no-probes", action="store_true", help="skip the teacher probe baselines")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser(
+        "predict",
+        help="tag audio files with a trained student",
+        description="Tag audio files with the best checkpoint of a run: the student sees "
+        "windows as long as its training items (half-overlapping, the last one aligned to the "
+        "end) and each file gets the mean of their sigmoid probabilities. Exit status 1 when "
+        "some files could not be read, 2 when none could.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files to tag")
+    p.add_argument(
+        "--run",
+        dest="run_dir",
+        required=True,
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder (data/runs/DATASET/RUN) or its best.pt",
+    )
+    p.add_argument("--csv", type=Path, help="also write every class probability to this CSV")
+    p.add_argument("--top", type=_positive_int, default=5, help="tags shown per file")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per model call")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(run=cmd_predict)
     return parser
 
 
