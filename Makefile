@@ -1,4 +1,9 @@
 # Thin wrappers over `python -m pipeline <stage>`; run `make help` for the list.
+#
+# Each stage's output is a real file (manifest, store COMPLETE marker, a .done stamp) that
+# depends on data/stamps/<stage>-<key>.params: a hash of that stage's parameters and code,
+# rewritten by `python -m pipeline.stamps` only when it changes. So a stage reruns exactly
+# when its inputs changed, and touching nothing reruns nothing.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -27,11 +32,31 @@ WORKERS  ?=
 # Any other training setting, e.g. SETTINGS="max_epochs=20 lr=3e-4"
 SETTINGS ?=
 
-CLI := $(PY) -m pipeline --data-dir $(DATA)
+export DATA DATASET TEACHER ROOT CSV SPLITS CLIPS WEIGHTS STORE TEACHER_OPTS
+export STUDENT FRONTEND LOSS LAMBDA KD SETTINGS
 
-.PHONY: help setup data extract mels train test lint format clean-venv
+CLI       := $(PY) -m pipeline --data-dir $(DATA)
+INSTALLED := $(VENV)/.installed
+STAMPS    := $(DATA)/stamps
+CACHE     := $(DATA)/cache/$(DATASET)
+MANIFEST  := $(DATA)/manifests/$(DATASET).parquet
+TEACHERS  := $(filter-out none,$(subst +, ,$(TEACHER)))
+EMBEDDING := $(CACHE)/$(or $(STORE),$(TEACHER)).zarr/COMPLETE
+KD_ON     := $(filter 1 yes true True,$(KD))
+TRAINED   := $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(TEACHER)$(if $(KD_ON),-kd).done
+EVALUATED := $(STAMPS)/eval-$(DATASET).done
+REPORT    := $(DATA)/reports/$(DATASET)/report.md
+
+# Refresh the parameter stamps before Make compares timestamps (needs the venv's Python only
+# for the standard library; before `make setup` the stamp rule below creates them).
+ifneq ($(wildcard $(PY)),)
+_ := $(shell $(PY) -m pipeline.stamps)
+endif
+
+.PHONY: help setup data extract mels train eval report demo test lint format clean-venv
 
 help:
+	@echo "make demo                                   everything on the offline default dataset"
 	@echo "make setup                                  virtual env with everything (.venv)"
 	@echo "make data DATASET=demo [CLIPS=N]            render the offline default dataset"
 	@echo "make data DATASET=openmic ROOT=<release>    manifest from OpenMIC-2018"
@@ -41,15 +66,17 @@ help:
 	@echo "make mels DATASET=... [FRONTEND=cp_resnet]  log-mel store (make train builds it if missing)"
 	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
 	@echo "                                            stage two: train a student (resumable)"
+	@echo "make eval [DATASET=...]                     test metrics of trained runs + teacher probes"
+	@echo "make report DATASET=...                     markdown report with plots"
 	@echo "make test                                   the test suite"
 	@echo "make lint                                   ruff"
 
-setup: $(VENV)/.installed
+setup: $(INSTALLED)
 
 # torch is installed first and pinned: a bare `torch` requirement would pull a CUDA build.
 # musicnn (pretrained weights only) and tinysoundfont declare requirements that cannot be
 # installed and are not needed, hence --no-deps.
-$(VENV)/.installed: pyproject.toml
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
@@ -57,32 +84,61 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[demo,dev]'
 	touch $@
 
-data: setup
+$(STAMPS)/%.params: | $(INSTALLED)
+	$(PY) -m pipeline.stamps
+
+data: $(MANIFEST)
+$(MANIFEST): $(STAMPS)/data-$(DATASET).params | $(INSTALLED)
 	$(CLI) data $(DATASET) $(if $(ROOT),--root $(ROOT)) $(if $(CSV),--csv $(CSV)) \
 		$(if $(SPLITS),--split-dir $(SPLITS)) $(if $(CLIPS),--clips $(CLIPS))
 
-extract: setup
-	$(CLI) extract $(DATASET) $(TEACHER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+extract: $(EMBEDDING)
+$(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(or $(STORE),$(TEACHER)).params $(MANIFEST)
+	$(CLI) extract $(DATASET) $(TEACHER) --replace-stale $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
 		$(foreach o,$(TEACHER_OPTS),-o $(o))
 
-mels: setup
+# Teacher stores a training run needs, by store name (= teacher name).
+$(CACHE)/%.zarr/COMPLETE: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
+	$(CLI) extract $(DATASET) $* --replace-stale $(if $(DEVICE),--device $(DEVICE))
+
+mels: $(MANIFEST)
 	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) $(if $(DEVICE),--device $(DEVICE))
 
-train: setup
+train: $(TRAINED)
+$(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(TEACHER)$(if $(KD_ON),-kd).params \
+		$(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
 	$(CLI) train $(DATASET) teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
 		$(if $(FRONTEND),frontend=$(FRONTEND)) $(if $(LOSS),loss=$(LOSS)) \
-		$(if $(LAMBDA),lam=$(LAMBDA)) $(if $(filter 1 yes true True,$(KD)),kd=True) \
+		$(if $(LAMBDA),lam=$(LAMBDA)) $(if $(KD_ON),kd=True) \
 		$(SETTINGS) $(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
+	touch $@
 
-test: setup
+eval: $(EVALUATED)
+$(EVALUATED): $(wildcard $(STAMPS)/train-$(DATASET)-*.done) | $(INSTALLED)
+	$(CLI) eval $(DATASET) $(if $(DEVICE),--device $(DEVICE))
+	touch $@
+
+report: $(REPORT)
+$(REPORT): $(EVALUATED)
+	$(CLI) report $(DATASET)
+
+# The embedded default, end to end: the same student without a teacher, with musicnn (EAsT),
+# and with musicnn plus KD; then test metrics, the teacher's probe and the report.
+demo: $(INSTALLED)
+	$(MAKE) --no-print-directory train DATASET=demo TEACHER=none
+	$(MAKE) --no-print-directory train DATASET=demo TEACHER=musicnn
+	$(MAKE) --no-print-directory train DATASET=demo TEACHER=musicnn KD=1
+	$(MAKE) --no-print-directory report DATASET=demo
+
+test: $(INSTALLED)
 	$(PY) -m pytest -q
 
-lint: setup
+lint: $(INSTALLED)
 	$(VENV)/bin/ruff check pipeline tests
 	$(VENV)/bin/ruff format --check pipeline tests
 
-format: setup
+format: $(INSTALLED)
 	$(VENV)/bin/ruff format pipeline tests
 	$(VENV)/bin/ruff check --fix pipeline tests
 

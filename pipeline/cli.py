@@ -66,6 +66,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_stale(store: Path, fingerprint: dict[str, Any]) -> bool:
+    """Whether a store exists and was made with another fingerprint."""
+    from pipeline.store import fingerprint_diff, read_store
+
+    if not (store / "zarr.json").exists():
+        return False
+    return bool(
+        fingerprint_diff(read_store(store, require_complete=False).fingerprint, fingerprint)
+    )
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     import torch
 
@@ -76,6 +87,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     manifest = _read_manifest(args.data_dir, args.dataset)
     teacher = create_teacher(args.teacher, weights=args.weights, device=device, **dict(args.option))
     out = store_path(args.data_dir, args.dataset, args.name or args.teacher)
+    if args.replace_stale and _is_stale(out, teacher.fingerprint()):
+        print(f"{out} was made with other settings: extracting it again")
+        args.overwrite = True
     summary = extract(
         manifest,
         teacher,
@@ -134,6 +148,7 @@ def cmd_mels(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import train_config
+    from pipeline.features import create_frontend
     from pipeline.paths import mel_store_name
     from pipeline.store import COMPLETE_MARKER
     from pipeline.train import train
@@ -145,9 +160,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["workers"] = args.workers
     cfg = train_config(args.dataset, preset=args.preset, **overrides)
     mel_store = store_path(args.data_dir, args.dataset, mel_store_name(cfg.frontend))
-    if not (mel_store / COMPLETE_MARKER).is_file():
+    stale = _is_stale(mel_store, create_frontend(cfg.frontend).fingerprint())
+    if stale or not (mel_store / COMPLETE_MARKER).is_file():
         print(f"computing the {cfg.frontend} mel store first")
-        print(build_mels(args.data_dir, args.dataset, cfg.frontend, progress=not args.quiet))
+        summary = build_mels(
+            args.data_dir, args.dataset, cfg.frontend, overwrite=stale, progress=not args.quiet
+        )
+        print(summary)
     train(cfg, args.data_dir, progress=not args.quiet)
     return 0
 
@@ -198,6 +217,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not len(result.table):
         return 2
     return 1 if result.failures else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.paths import runs_path
+    from pipeline.report import collect_runs, comparison_table, write_report
+
+    runs = runs_path(args.data_dir, args.dataset)
+    if not runs.is_dir():
+        raise FileNotFoundError(f"no runs for dataset {args.dataset!r} in {runs}: train first")
+    out = write_report(runs, args.data_dir / "reports" / args.dataset)
+    print(comparison_table(collect_runs(runs), base=Path.cwd()))
+    print(f"\nreport: {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
     p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    p.add_argument(
+        "--replace-stale",
+        action="store_true",
+        help="extract afresh when the store was made with other settings (else resume)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_extract)
 
@@ -310,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-probes", action="store_true", help="skip the teacher probe baselines")
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser(
+        "report",
+        help="markdown report comparing a dataset's runs (table and plots)",
+        description="Write data/reports/DATASET/report.md with a comparison table, training "
+        "curves and per-class AP plots, and print the table.",
+    )
+    p.add_argument("dataset", type=_safe_name)
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser(
         "predict",
