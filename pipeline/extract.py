@@ -206,7 +206,7 @@ def extract(
         total=sum(shards[k].stop - shards[k].start for k in todo),
         unit="clip",
         desc=f"{teacher.name} → {Path(out).name}",
-        disable=not progress,
+        disable=None if progress else True,  # None: off when not writing to a terminal
     )
     with bar:
         for (shard, a, b), waves in zip(batches, decoded, strict=True):

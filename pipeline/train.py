@@ -314,7 +314,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
             total=len(train_loader) * cfg.batch_size,
             unit="clip",
             desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
-            disable=not progress,
+            disable=None if progress else True,  # None: off when not writing to a terminal
             leave=False,
         ) as bar:
             train_logs = train_one_epoch(

@@ -87,6 +87,27 @@ def test_training_lowers_the_loss_and_beats_label_frequency(baseline) -> None:
     assert best["config"]["classes"] and best["config"]["frontend"] == "mobile_fcn"
 
 
+def test_trained_student_tags_new_rendered_audio(baseline, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from pipeline.datasets.demo import render_instruments
+    from pipeline.predict import load_run
+
+    solos = ["piano", "drums", "flute", "trumpet"]
+    paths = []
+    for k, instrument in enumerate(solos):
+        # Seeds the dataset does not use, and 25 s: several sliding windows per file.
+        audio = render_instruments([instrument], duration_s=25, seed=90_000 + k)
+        paths.append(tmp_path / f"{instrument}.wav")
+        sf.write(paths[-1], audio, 32000)
+    result = load_run(baseline.run_dir, device="cpu").predict_files(paths)
+    assert not result.failures
+    top = {Path(f).stem: [tag for tag, _ in tags] for f, tags in result.top_tags(3)}
+    print(result.format_table(3))
+    hits = [instrument for instrument in solos if instrument in top[instrument]]
+    assert len(hits) >= 3, top
+
+
 def test_finished_run_is_not_trained_again(data_dir: Path, baseline) -> None:
     before = (baseline.run_dir / "last.pt").stat().st_mtime_ns
     again = train(train_config("demo", **BASELINE), data_dir, progress=False)
