@@ -49,8 +49,13 @@ REPORT    := $(DATA)/reports/$(DATASET)/report.md
 
 # Refresh the parameter stamps before Make compares timestamps (needs the venv's Python only
 # for the standard library; before `make setup` the stamp rule below creates them).
+# $(shell) does not see exported variables in every make version: pass them, shell-quoted.
+quote = '$(subst ','\'',$(1))'
+STAMP_VARS := DATA DATASET TEACHER ROOT CSV SPLITS CLIPS WEIGHTS STORE TEACHER_OPTS \
+	STUDENT FRONTEND LOSS LAMBDA KD SETTINGS
+STAMP_CMD := env $(foreach v,$(STAMP_VARS),$(v)=$(call quote,$($(v)))) $(PY) -m pipeline.stamps
 ifneq ($(wildcard $(PY)),)
-_ := $(shell $(PY) -m pipeline.stamps)
+_ := $(shell $(STAMP_CMD))
 endif
 
 .PHONY: help setup data extract mels train eval report demo test lint format clean-venv
@@ -85,7 +90,7 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 $(STAMPS)/%.params: | $(INSTALLED)
-	$(PY) -m pipeline.stamps
+	$(STAMP_CMD)
 
 data: $(MANIFEST)
 $(MANIFEST): $(STAMPS)/data-$(DATASET).params | $(INSTALLED)
@@ -111,7 +116,8 @@ $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(TEACHER)$(if $(
 	$(CLI) train $(DATASET) teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
 		$(if $(FRONTEND),frontend=$(FRONTEND)) $(if $(LOSS),loss=$(LOSS)) \
 		$(if $(LAMBDA),lam=$(LAMBDA)) $(if $(KD_ON),kd=True) \
-		$(SETTINGS) $(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
+		$(foreach s,$(SETTINGS),$(call quote,$(s))) $(if $(DEVICE),--device $(DEVICE)) \
+		$(if $(WORKERS),--workers $(WORKERS))
 	touch $@
 
 eval: $(EVALUATED)
