@@ -232,6 +232,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    """Options of the stages that fill a clip store (extract, mels)."""
+    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (unit of resume)")
+    p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
+    p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.datasets import list_datasets
     from pipeline.teachers import list_teachers
@@ -291,10 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", type=_safe_name, help="store name (default: the teacher's name)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per teacher call")
-    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (unit of resume)")
-    p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
-    p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    _add_store_options(p)
     p.add_argument(
         "--replace-stale",
         action="store_true",
@@ -315,10 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontend", choices=list_frontends(), default="cp_resnet")
     p.add_argument("--device", help="torch device (default: cpu)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per decode task")
-    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (unit of resume)")
-    p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
-    p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    _add_store_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_mels)
 
