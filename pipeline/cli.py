@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.paths import manifest_path, store_path
+from pipeline.paths import manifest_path, read_manifest, store_path
 
 DATA_DIR = Path("data")
 
@@ -84,7 +84,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from pipeline.teachers import create_teacher
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    manifest = _read_manifest(args.data_dir, args.dataset)
+    manifest = read_manifest(args.data_dir, args.dataset)
     teacher = create_teacher(args.teacher, weights=args.weights, device=device, **dict(args.option))
     out = store_path(args.data_dir, args.dataset, args.name or args.teacher)
     if args.replace_stale and _is_stale(out, teacher.fingerprint()):
@@ -105,25 +105,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_manifest(data_dir: Path, dataset: str):
-    from pipeline.manifest import Manifest
-
-    path = manifest_path(data_dir, dataset)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no manifest for dataset {dataset!r} at {path}: "
-            f"build it first with `make data DATASET={dataset}`"
-        )
-    return Manifest.read(path)
-
-
 def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any):
     """Compute (or finish) the mel store of a dataset; see ``pipeline.extract.extract``."""
     from pipeline.extract import extract
     from pipeline.features import create_frontend
     from pipeline.paths import mel_store_name
 
-    manifest = _read_manifest(data_dir, dataset)
+    manifest = read_manifest(data_dir, dataset)
     frontend = create_frontend(frontend_name, device=options.pop("device", None) or "cpu")
     out = store_path(data_dir, dataset, mel_store_name(frontend_name))
     return extract(manifest, frontend, out, **options)

@@ -9,6 +9,19 @@ def manifest_path(data_dir: Path, dataset: str) -> Path:
     return data_dir / "manifests" / f"{dataset}.parquet"
 
 
+def read_manifest(data_dir: Path, dataset: str):
+    """The dataset's manifest, or a FileNotFoundError saying how to build it."""
+    from pipeline.manifest import Manifest
+
+    path = manifest_path(data_dir, dataset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no manifest for dataset {dataset!r} at {path}: "
+            f"build it first with `make data DATASET={dataset}`"
+        )
+    return Manifest.read(path)
+
+
 def store_path(data_dir: Path, dataset: str, name: str) -> Path:
     """A clip store: teacher embeddings (``name`` = teacher) or mels (``mel-<frontend>``)."""
     return data_dir / "cache" / dataset / f"{name}.zarr"

@@ -30,9 +30,8 @@ import pipeline
 from pipeline.config import TrainConfig
 from pipeline.loader import ClipDataset, ShardAwareSampler, collate, mixup, spec_augment
 from pipeline.losses import east_loss, masked_bce
-from pipeline.manifest import Manifest
 from pipeline.metrics import label_frequency_map, mean_average_precision
-from pipeline.paths import manifest_path, mel_store_name, runs_path, store_path
+from pipeline.paths import mel_store_name, read_manifest, runs_path, store_path
 from pipeline.probe import LinearProbe, fit_probe
 from pipeline.store import read_store
 from pipeline.students import Student, count_parameters, create_student
@@ -219,13 +218,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     # -- data ------------------------------------------------------------------------------
-    path = manifest_path(data_dir, cfg.dataset)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no manifest for dataset {cfg.dataset!r} at {path}: "
-            f"build it first with `make data DATASET={cfg.dataset}`"
-        )
-    manifest = Manifest.read(path)
+    manifest = read_manifest(data_dir, cfg.dataset)
     mel_path, teacher_paths = store_paths(cfg, data_dir)
     for store in (mel_path, *teacher_paths):
         if not (store / "zarr.json").exists():
