@@ -40,10 +40,11 @@ INSTALLED := $(VENV)/.installed
 STAMPS    := $(DATA)/stamps
 CACHE     := $(DATA)/cache/$(DATASET)
 MANIFEST  := $(DATA)/manifests/$(DATASET).parquet
-TEACHERS  := $(filter-out none,$(subst +, ,$(TEACHER)))
-EMBEDDING := $(CACHE)/$(or $(STORE),$(TEACHER)).zarr/COMPLETE
+# Store names: a teacher's name with ':' as '-' (hear:<module> → hear-<module>).
+TEACHERS  := $(subst :,-,$(filter-out none,$(subst +, ,$(TEACHER))))
+EMBEDDING := $(CACHE)/$(subst :,-,$(or $(STORE),$(TEACHER))).zarr/COMPLETE
 KD_ON     := $(filter 1 yes true True,$(KD))
-TRAINED   := $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(TEACHER)$(if $(KD_ON),-kd).done
+TRAINED   := $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).done
 EVALUATED := $(STAMPS)/eval-$(DATASET).done
 REPORT    := $(DATA)/reports/$(DATASET)/report.md
 
@@ -79,13 +80,16 @@ help:
 setup: $(INSTALLED)
 
 # torch is installed first and pinned: a bare `torch` requirement would pull a CUDA build.
-# musicnn (pretrained weights only) and tinysoundfont declare requirements that cannot be
-# installed and are not needed, hence --no-deps.
+# These declare requirements that cannot be installed or run here and are not needed, hence
+# --no-deps: musicnn (pretrained weights only), tinysoundfont (pyaudio), torchopenl3 (an old
+# resampy), hear21passt (timm, torchaudio). torchaudio itself only serves the tests, as the
+# reference Kaldi filterbank (its compiled part does not load on a CPU-only torch).
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0 tinysoundfont==0.3.7
+	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0 tinysoundfont==0.3.7 \
+		torchopenl3==1.0.1 hear21passt==0.0.26 torchaudio==2.11.0
 	$(PY) -m pip install --quiet -e '.[demo,dev]'
 	touch $@
 
@@ -98,20 +102,20 @@ $(MANIFEST): $(STAMPS)/data-$(DATASET).params | $(INSTALLED)
 		$(if $(SPLITS),--split-dir $(SPLITS)) $(if $(CLIPS),--clips $(CLIPS))
 
 extract: $(EMBEDDING)
-$(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(or $(STORE),$(TEACHER)).params $(MANIFEST)
+$(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(subst :,-,$(or $(STORE),$(TEACHER))).params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(TEACHER) --replace-stale $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
 		$(foreach o,$(TEACHER_OPTS),-o $(o))
 
 # Teacher stores a training run needs, by store name (= teacher name).
 $(CACHE)/%.zarr/COMPLETE: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
-	$(CLI) extract $(DATASET) $* --replace-stale $(if $(DEVICE),--device $(DEVICE))
+	$(CLI) extract $(DATASET) $(patsubst hear-%,hear:%,$*) --replace-stale $(if $(DEVICE),--device $(DEVICE))
 
 mels: $(MANIFEST)
 	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) $(if $(DEVICE),--device $(DEVICE))
 
 train: $(TRAINED)
-$(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(TEACHER)$(if $(KD_ON),-kd).params \
+$(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).params \
 		$(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
 	$(CLI) train $(DATASET) teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
 		$(if $(FRONTEND),frontend=$(FRONTEND)) $(if $(LOSS),loss=$(LOSS)) \

@@ -26,6 +26,15 @@ def _safe_name(value: str) -> str:
     return value
 
 
+def _teacher_name(value: str) -> str:
+    from pipeline.teachers import check_teacher_name
+
+    try:
+        return check_teacher_name(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.isidentifier():
@@ -273,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         "data/cache/DATASET/TEACHER.zarr; resumes an interrupted run.",
     )
     p.add_argument("dataset", type=_safe_name)
-    p.add_argument("teacher", choices=list_teachers())
+    p.add_argument(
+        "teacher",
+        type=_teacher_name,
+        help=f"one of {', '.join(list_teachers())} (any HEAR 2021 API module)",
+    )
     p.add_argument("--weights", help="teacher weights file (default: env var, then package cache)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument(
@@ -285,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="teacher option, e.g. layer=penultimate",
     )
-    p.add_argument("--name", type=_safe_name, help="store name (default: the teacher's name)")
+    p.add_argument(
+        "--name", type=_safe_name, help="store name (default: the teacher's name, ':' → '-')"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="clips per teacher call")
     _add_store_options(p)
     p.add_argument(

@@ -7,6 +7,7 @@ Worker processes (joblib) decode and resample the next batches while the teacher
 current one; each finished shard is written once with its done marker, so a killed run resumes
 where it stopped. Clips that cannot be decoded or embedded are recorded with their cause and
 left at zero frames; they never abort the run unless more than ``max_failed_fraction`` fail.
+Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class ExtractSummary:
     clips: int
     embedded: int
     failed: dict[str, str] = field(default_factory=dict)
+    padded: dict[str, str] = field(default_factory=dict)
     shards_written: int = 0
     shards_skipped: int = 0
     processed: int = 0
@@ -79,6 +81,7 @@ class ExtractSummary:
             f"{self.seconds:.1f} s ({self.clips_per_s:.1f} clips/s)"
         ]
         lines += [f"  failed {clip}: {cause}" for clip, cause in sorted(self.failed.items())]
+        lines += [f"  padded {clip}: {note}" for clip, note in sorted(self.padded.items())]
         return "\n".join(lines)
 
 
@@ -129,6 +132,19 @@ def _embed(teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | s
         elif r.size and np.abs(r).max() > FLOAT16_MAX:
             results[i] = f"{teacher.name} values exceed the float16 range of the store"
     return results
+
+
+def _padding_notes(
+    teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]
+) -> dict[str, str]:
+    """The clips of a batch that the teacher will zero-pad (its ``pad_below_s``), with why."""
+    pad_s = getattr(teacher, "pad_below_s", 0.0)
+    sr = teacher.sample_rate_hz
+    return {
+        clip: f"{len(w) / sr:.3f} s is shorter than {teacher.name}'s {pad_s} s: zero-padded"
+        for clip, w in zip(clip_ids, waves, strict=True)
+        if not isinstance(w, str) and len(w) < pad_s * sr
+    }
 
 
 def _batches(
@@ -210,6 +226,7 @@ def extract(
     )
     with bar:
         for (shard, a, b), waves in zip(batches, decoded, strict=True):
+            summary.padded.update(_padding_notes(teacher, clip_ids[a:b], waves))
             pending.setdefault(shard, []).extend(_embed(teacher, clip_ids[a:b], waves))
             bar.update(b - a)
             summary.processed += b - a

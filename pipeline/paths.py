@@ -22,9 +22,17 @@ def read_manifest(data_dir: Path, dataset: str):
     return Manifest.read(path)
 
 
+def store_name(teacher: str) -> str:
+    """A teacher's store (and Make target) name: the teacher's, with ':' as '-' (``hear:m``)."""
+    name = teacher.replace(":", "-")
+    if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"{teacher!r} cannot name a store: use letters, digits, '-', '_', '.'")
+    return name
+
+
 def store_path(data_dir: Path, dataset: str, name: str) -> Path:
-    """A clip store: teacher embeddings (``name`` = teacher) or mels (``mel-<frontend>``)."""
-    return data_dir / "cache" / dataset / f"{name}.zarr"
+    """A clip store: teacher embeddings (``name``: teacher or store) or mels (``mel-<fe>``)."""
+    return data_dir / "cache" / dataset / f"{store_name(name)}.zarr"
 
 
 def mel_store_name(frontend: str) -> str:

@@ -76,7 +76,8 @@ def train_key(env: dict[str, str]) -> str:
     """The slot a training command fills: dataset, student, teacher and KD."""
     kd = "-kd" if env.get("KD", "") in ("1", "yes", "true", "True") else ""
     student = env.get("STUDENT") or "preset"
-    return f"{env.get('DATASET', '')}-{student}-{env.get('TEACHER') or 'none'}{kd}"
+    teacher = (env.get("TEACHER") or "none").replace(":", "-")
+    return f"{env.get('DATASET', '')}-{student}-{teacher}{kd}"
 
 
 def stamps_for(env: dict[str, str]) -> dict[str, str]:
@@ -87,7 +88,10 @@ def stamps_for(env: dict[str, str]) -> dict[str, str]:
     if env.get("STORE"):
         teachers.add(env["STORE"])
     for teacher in sorted(teachers):
-        out[f"extract-{dataset}-{teacher}"] = digest("extract", env, teacher)
+        # hear:<module> (store hear-<module>) runs teachers/hear.py; the module is a parameter.
+        code = "hear" if teacher.startswith(("hear:", "hear-")) else teacher
+        key = f"extract-{dataset}-{teacher.replace(':', '-')}"
+        out[key] = digest("extract", env, code)
     out[f"train-{train_key(env)}"] = digest("train", env)
     return out
 

@@ -41,3 +41,31 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
 def test_extract_without_manifest_says_what_to_run(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path), "extract", "nodata", "musicnn"]) == 2
     assert "build it first with `make data DATASET=nodata`" in capsys.readouterr().err
+
+
+def test_teacher_names_and_hear_modules(tmp_path, capsys):
+    from pipeline.paths import store_path
+    from pipeline.stamps import stamps_for, train_key
+    from pipeline.teachers import check_teacher_name, list_teachers
+
+    assert {"musicnn", "openl3", "panns", "passt", "vggish", "hear:<module>"} == set(
+        list_teachers()
+    )
+    assert check_teacher_name("hear:my_pkg.hear_api") == "hear:my_pkg.hear_api"
+    for bad in ("hear:", "hear:../x", "hear:a/b", "nope"):
+        with pytest.raises(ValueError, match="unknown teacher"):
+            check_teacher_name(bad)
+    with pytest.raises(SystemExit):
+        main(["--data-dir", str(tmp_path), "extract", "demo", "hear:../x"])
+    assert "unknown teacher 'hear:../x'" in capsys.readouterr().err
+
+    assert store_path(tmp_path, "demo", "hear:pkg.api") == tmp_path / "cache/demo/hear-pkg.api.zarr"
+    with pytest.raises(ValueError, match="cannot name a store"):
+        store_path(tmp_path, "demo", "../up")
+
+    env = {"DATASET": "demo", "TEACHER": "hear:pkg.api+musicnn"}
+    stamps = stamps_for(env)
+    assert {"extract-demo-hear-pkg.api", "extract-demo-musicnn"} <= set(stamps)
+    assert train_key(env) == "demo-preset-hear-pkg.api+musicnn"
+    other_module = stamps_for({**env, "TEACHER": "hear:pkg.other"})["extract-demo-hear-pkg.other"]
+    assert other_module == stamps["extract-demo-hear-pkg.api"]  # same code; the key differs

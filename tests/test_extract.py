@@ -119,3 +119,27 @@ def test_too_many_failures_abort_without_completing(tmp_path):
     with pytest.raises(ExtractionError, match="3 of 4 clips failed"):
         extract(manifest, FrameStats(), tmp_path / "s.zarr", jobs=1, progress=False)
     assert not (tmp_path / "s.zarr" / "COMPLETE").exists()
+
+
+class PaddedFrameStats(FrameStats):
+    """FrameStats that zero-pads clips shorter than one 0.5 s frame instead of refusing them."""
+
+    min_duration_s = 0.0
+    pad_below_s = 0.5
+
+    def num_frames(self, n_samples):
+        return max(1, n_samples // 4000)
+
+    def embed(self, waveforms):
+        return super().embed([np.pad(w, (0, max(0, 4000 - len(w)))) for w in waveforms])
+
+
+def test_clips_a_teacher_pads_are_named_in_the_summary(tmp_path):
+    manifest = _manifest(tmp_path, [(2.0, "ok"), (0.3, "ok"), (1.0, "ok")])
+    summary = extract(
+        manifest, PaddedFrameStats(), tmp_path / "s.zarr", batch_size=2, jobs=1, progress=False
+    )
+    assert summary.failed == {} and summary.embedded == 3
+    assert list(summary.padded) == [manifest.clip_ids[1]]
+    assert "0.300 s is shorter than frame-stats's 0.5 s: zero-padded" in str(summary)
+    assert read_store(tmp_path / "s.zarr").n_frames.tolist() == [4, 1, 2]

@@ -30,7 +30,13 @@ TEACHERS: dict[str, type[Teacher]] = {}
 
 # Modules imported lazily by ``create_teacher`` so that listing teachers never imports a
 # model package (some of them do network I/O at import time).
-_TEACHER_MODULES = {"musicnn": "musicnn", "panns": "panns"}
+_TEACHER_MODULES = {
+    "musicnn": "musicnn",
+    "openl3": "openl3",
+    "panns": "panns",
+    "passt": "passt",
+    "vggish": "vggish",
+}
 
 
 class Teacher(ABC):
@@ -48,6 +54,8 @@ class Teacher(ABC):
         Embedding width D.
     min_duration_s : float
         Shorter clips cannot be embedded and are reported as failures.
+    pad_below_s : float
+        Shorter clips are zero-padded to this length by :meth:`embed`; extraction names them.
     """
 
     name: str
@@ -55,6 +63,7 @@ class Teacher(ABC):
     hop_s: float | None
     dim: int
     min_duration_s: float = 0.0
+    pad_below_s: float = 0.0
 
     @abstractmethod
     def embed(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -90,16 +99,33 @@ def register_teacher(name: str) -> Callable[[type[Teacher]], type[Teacher]]:
     return add
 
 
+HEAR_PREFIX = "hear:"
+
+
 def list_teachers() -> list[str]:
-    return sorted(_TEACHER_MODULES)
+    """Registered teacher names, and ``hear:<module>`` for any HEAR-API module."""
+    return [*sorted(_TEACHER_MODULES), f"{HEAR_PREFIX}<module>"]
+
+
+def check_teacher_name(name: str) -> str:
+    """``name`` if it names a teacher (``hear:`` needs a module name after it), else ValueError."""
+    if name in _TEACHER_MODULES:
+        return name
+    module = name.removeprefix(HEAR_PREFIX)
+    if name.startswith(HEAR_PREFIX) and module and all(p.isidentifier() for p in module.split(".")):
+        return name
+    raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(list_teachers())}")
 
 
 def create_teacher(name: str, **options: Any) -> Teacher:
-    """Build a registered teacher; ``None``-valued options are dropped so defaults apply."""
-    if name not in _TEACHER_MODULES:
-        raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(list_teachers())}")
+    """Build a teacher by name; ``None``-valued options are dropped so defaults apply."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if check_teacher_name(name).startswith(HEAR_PREFIX):
+        from pipeline.teachers.hear import HearTeacher
+
+        return HearTeacher(module=name.removeprefix(HEAR_PREFIX), **options)
     importlib.import_module(f"{__name__}.{_TEACHER_MODULES[name]}")
-    return TEACHERS[name](**{k: v for k, v in options.items() if v is not None})
+    return TEACHERS[name](**options)
 
 
 class MissingWeightsError(FileNotFoundError):
