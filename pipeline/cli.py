@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import logging
 import sys
 from pathlib import Path
@@ -216,6 +217,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
+def cmd_onnx(args: argparse.Namespace) -> int:
+    from pipeline.onnx_export import export_onnx
+
+    result = export_onnx(args.run_dir, args.out, check=args.check)
+    size_mb = result.path.stat().st_size / 1e6
+    checked = (
+        f"; ONNX Runtime matches PyTorch within {result.max_abs_diff:.1e}"
+        if result.max_abs_diff is not None
+        else ""
+    )
+    print(
+        f"{result.path}: {size_mb:.1f} MB, waveform at {result.metadata['sample_rate_hz']} Hz "
+        f"→ {len(json.loads(result.metadata['classes']))} tag probabilities{checked}"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.paths import runs_path
     from pipeline.report import collect_runs, comparison_table, write_report
@@ -384,6 +402,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per model call")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser(
+        "onnx",
+        help="export a trained student with its front end to ONNX",
+        description="Write the run's best checkpoint, mel front end included, as one ONNX file: "
+        "mono waveform (batch, samples) in, tag probabilities (batch, classes) out; the "
+        "metadata names the sample rate, the window length and the classes. Checked against "
+        "PyTorch with ONNX Runtime.",
+    )
+    p.add_argument(
+        "--run",
+        dest="run_dir",
+        required=True,
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder (data/runs/DATASET/RUN) or its best.pt",
+    )
+    p.add_argument("-o", "--out", type=Path, help="ONNX file (default: RUN_DIR/student.onnx)")
+    p.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip the ONNX Runtime check"
+    )
+    p.set_defaults(run=cmd_onnx)
     return parser
 
 
