@@ -32,9 +32,12 @@ from torch import nn
 from pipeline.teachers import (
     InvalidWeightsError,
     Teacher,
+    describe,
     file_sha256,
+    read_checkpoint,
     register_teacher,
     resolve_weights,
+    state_problems,
 )
 
 WEIGHTS_FILE = "Cnn14_mAP=0.431.pth"
@@ -91,31 +94,6 @@ def build_cnn14() -> nn.Module:
     return panns_models().Cnn14(**CNN14_CONFIG).eval()
 
 
-def read_checkpoint(path: Path) -> Any:
-    """``torch.load`` with ``weights_only``, letting numpy arrays through.
-
-    The published checkpoints hold ``{'iteration', 'model', 'sampler'}``; the training sampler's
-    state is lists of int64 numpy arrays, which numpy 1 pickled as
-    ``numpy.core.multiarray._reconstruct`` (numpy 2 writes ``numpy._core``). Allowing numpy's
-    array-rebuilding functions runs no other code.
-    """
-    reconstruct = np.empty(0).__reduce__()[0]
-    numpy_arrays = [
-        (reconstruct, "numpy.core.multiarray._reconstruct"),
-        (reconstruct, "numpy._core.multiarray._reconstruct"),
-        np.ndarray,
-        np.dtype,
-        type(np.dtype(np.int64)),
-    ]
-    try:
-        with torch.serialization.safe_globals(numpy_arrays):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip, pickle and weights-only errors share no narrower base
-        raise InvalidWeightsError(
-            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
-        ) from err
-
-
 def load_cnn14(path: Path) -> nn.Module:
     """A Cnn14 (on the CPU, eval mode) with the weights of the checkpoint at ``path``."""
     checkpoint = read_checkpoint(path)
@@ -123,44 +101,14 @@ def load_cnn14(path: Path) -> nn.Module:
     if not isinstance(state, Mapping):
         raise InvalidWeightsError(
             f"{path}: expected a dict with the Cnn14 state dict under 'model' "
-            f"(as in {WEIGHTS_FILE}), got {_describe(checkpoint)}"
+            f"(as in {WEIGHTS_FILE}), got {describe(checkpoint)}"
         )
     model = build_cnn14()
-    problems = _state_problems(state, model.state_dict())
+    problems = state_problems(state, model.state_dict())
     if problems:
         raise InvalidWeightsError(f"{path} is not a PANNs Cnn14 checkpoint: {problems}")
     model.load_state_dict(state)
     return model
-
-
-def _describe(checkpoint: Any) -> str:
-    if isinstance(checkpoint, Mapping):
-        return f"a dict with keys {sorted(map(str, checkpoint))[:5]}"
-    return type(checkpoint).__name__
-
-
-def _state_problems(given: Mapping[str, Any], expected: Mapping[str, torch.Tensor]) -> str:
-    """Missing, unexpected and misshapen entries of a state dict; empty when it fits."""
-
-    def listing(what: str, items: list[str]) -> str:
-        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-        return f"{len(items)} {what} ({', '.join(items[:3])}{more})"
-
-    missing = [key for key in expected if key not in given]
-    unexpected = [str(key) for key in given if key not in expected]
-    misshapen = [
-        f"{key}: {tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
-        f" instead of {tuple(expected[key].shape)}"
-        for key, value in given.items()
-        if key in expected
-        and not (isinstance(value, torch.Tensor) and value.shape == expected[key].shape)
-    ]
-    found = [
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("wrong shapes", misshapen),
-    ]
-    return "; ".join(listing(what, items) for what, items in found if items)
 
 
 @register_teacher("panns")
