@@ -1,0 +1,131 @@
+"""Benchmarks: what the embedding cache buys, as ratios measured side by side in one run.
+
+``make bench`` (``python -m pipeline.bench``) runs every benchmark module and writes
+``data/bench/results.json`` and ``data/bench/results.md``. Each figure is the ratio of two
+timings (or memory peaks) taken in the same process run on the same data, with medians over
+repeats: the machines these run on are noisy, so absolute times are context only. Sizes scale
+with ``--scale`` (``BENCH_SCALE``), so the test suite runs a tiny smoke version.
+
+A benchmark module offers ``run(ctx: BenchContext) -> list[Figure]``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """What every benchmark gets.
+
+    Attributes
+    ----------
+    root : folder for the benchmark's own files (audio corpus, stores, temporary runs); reused
+        between runs so the corpus is written once
+    scale : multiplies every size; 1.0 is the full benchmark, 0.01 a smoke test
+    device : torch device for teachers and students ("cpu", "cuda")
+    repeats : timings per measurement; the median is reported
+    workers : DataLoader workers / decode jobs where a benchmark uses them
+    """
+
+    root: Path
+    scale: float = 1.0
+    device: str = "cpu"
+    repeats: int = 3
+    workers: int = 1
+
+    def size(self, full: int, minimum: int = 1) -> int:
+        """``full`` scaled, at least ``minimum``."""
+        return max(minimum, round(full * self.scale))
+
+
+@dataclass
+class Figure:
+    """One row of the results table.
+
+    Attributes
+    ----------
+    id : e.g. "P1"
+    what : one line saying what is compared
+    ratio : the measured ratio (None for "report" rows such as S1)
+    target : e.g. ">= 20", "<= 1.1", "report"
+    numerator, denominator : the two measured quantities with units, e.g. "41.2 s/epoch"
+    details : any further numbers (sizes, per-repeat timings, clips/s)
+    device : where it ran, e.g. "cpu (2 cores)" or "cuda (NVIDIA H100)"
+    """
+
+    id: str
+    what: str
+    ratio: float | None
+    target: str
+    numerator: str = ""
+    denominator: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    device: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        """Whether ``ratio`` meets ``target``; None for report-only rows."""
+        if self.ratio is None or self.target[:2] not in (">=", "<="):
+            return None
+        bound = float(self.target[2:])
+        return self.ratio >= bound if self.target.startswith(">=") else self.ratio <= bound
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> tuple[float, list]:
+    """Median wall time of ``fn()`` over ``repeats`` calls (after ``warmup`` untimed ones)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def device_name(device: str) -> str:
+    """Readable name of a torch device, with the GPU model or the CPU count."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
+    import os
+
+    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def format_table(figures: list[Figure]) -> str:
+    """Markdown table of the figures."""
+    lines = [
+        "| id | what | ratio | target | met | measured | against | device |",
+        "|---|---|--:|---|---|---|---|---|",
+    ]
+    for f in figures:
+        ratio = "–" if f.ratio is None else f"{f.ratio:.3g}"
+        met = {True: "yes", False: "**no**", None: "–"}[f.met]
+        lines.append(
+            f"| {f.id} | {f.what} | {ratio} | {f.target} | {met} | {f.numerator} | "
+            f"{f.denominator} | {f.device} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(figures: list[Figure], out: Path, meta: dict[str, Any]) -> tuple[Path, Path]:
+    """``out/results.json`` (figures and run metadata) and ``out/results.md``; returns both."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **meta,
+        "figures": [{**asdict(f), "met": f.met} for f in figures],
+    }
+    json_path, md_path = out / "results.json", out / "results.md"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    md_path.write_text(format_table(figures) + "\n")
+    return json_path, md_path
