@@ -31,6 +31,8 @@ KD       ?=
 WORKERS  ?=
 # Any other training setting, e.g. SETTINGS="max_epochs=20 lr=3e-4"
 SETTINGS ?=
+# Benchmark sizes: 1 is the full benchmark, 0.01 a quick look
+BENCH_SCALE ?= 1
 
 export DATA DATASET TEACHER ROOT CSV SPLITS CLIPS WEIGHTS STORE TEACHER_OPTS
 export STUDENT FRONTEND LOSS LAMBDA KD SETTINGS
@@ -59,7 +61,7 @@ ifneq ($(wildcard $(PY)),)
 _ := $(shell $(STAMP_CMD))
 endif
 
-.PHONY: help setup data extract mels train eval report demo test lint format clean-venv
+.PHONY: help setup data extract mels train eval report demo bench test lint format clean-venv
 
 help:
 	@echo "make demo                                   everything on the offline default dataset"
@@ -74,6 +76,7 @@ help:
 	@echo "                                            stage two: train a student (resumable)"
 	@echo "make eval [DATASET=...]                     test metrics of trained runs + teacher probes"
 	@echo "make report DATASET=...                     markdown report with plots"
+	@echo "make bench [BENCH_SCALE=1] [DEVICE=cuda]     benchmarks → data/bench/results.md"
 	@echo "make test                                   the test suite"
 	@echo "make lint                                   ruff"
 
@@ -140,6 +143,10 @@ demo: $(INSTALLED)
 	$(MAKE) --no-print-directory train DATASET=demo TEACHER=musicnn
 	$(MAKE) --no-print-directory train DATASET=demo TEACHER=musicnn KD=1
 	$(MAKE) --no-print-directory report DATASET=demo
+
+bench: $(INSTALLED)
+	$(PY) -m pipeline.bench --scale $(BENCH_SCALE) $(if $(DEVICE),--device $(DEVICE)) \
+		--out $(DATA)/bench --root $(DATA)/bench/work
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
