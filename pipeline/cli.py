@@ -76,15 +76,22 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_store(path: Path) -> Any:
+    """The store at ``path`` (Zarr folder or HDF5 file), complete or not; None if there is none."""
+    from pipeline.store import StoreError, read_store
+
+    try:
+        return read_store(path, require_complete=False)
+    except (StoreError, FileNotFoundError):
+        return None
+
+
 def _is_stale(store: Path, fingerprint: dict[str, Any]) -> bool:
     """Whether a store exists and was made with another fingerprint."""
-    from pipeline.store import fingerprint_diff, read_store
+    from pipeline.store import fingerprint_diff
 
-    if not (store / "zarr.json").exists():
-        return False
-    return bool(
-        fingerprint_diff(read_store(store, require_complete=False).fingerprint, fingerprint)
-    )
+    existing = _existing_store(store)
+    return existing is not None and bool(fingerprint_diff(existing.fingerprint, fingerprint))
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -147,8 +154,7 @@ def cmd_mels(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import train_config
     from pipeline.features import create_frontend
-    from pipeline.paths import mel_store_name
-    from pipeline.store import COMPLETE_MARKER
+    from pipeline.paths import locate_store, mel_store_name
     from pipeline.train import train
 
     overrides = dict(args.setting)
@@ -157,9 +163,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides["workers"] = args.workers
     cfg = train_config(args.dataset, preset=args.preset, **overrides)
-    mel_store = store_path(args.data_dir, args.dataset, mel_store_name(cfg.frontend))
+    mel_store = locate_store(args.data_dir, args.dataset, mel_store_name(cfg.frontend))
     stale = _is_stale(mel_store, create_frontend(cfg.frontend).fingerprint())
-    if stale or not (mel_store / COMPLETE_MARKER).is_file():
+    existing = _existing_store(mel_store)
+    if stale or existing is None or not existing.is_complete:
         print(f"computing the {cfg.frontend} mel store first")
         summary = build_mels(
             args.data_dir, args.dataset, cfg.frontend, overwrite=stale, progress=not args.quiet
@@ -244,6 +251,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = write_report(runs, args.data_dir / "reports" / args.dataset)
     print(comparison_table(collect_runs(runs), base=Path.cwd()))
     print(f"\nreport: {out}")
+    return 0
+
+
+def _store_arg(value: str) -> str:
+    from pipeline.paths import store_name
+
+    try:
+        return store_name(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _disk_mb(path: Path) -> float:
+    """Bytes on disk of a file or of every file under a folder, in MB."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.h5store import export_h5
+    from pipeline.paths import h5_store_path
+    from pipeline.store import read_store
+
+    source = store_path(args.data_dir, args.dataset, args.store)
+    out = args.out or h5_store_path(args.data_dir, args.dataset, args.store)
+    out = export_h5(source, out, progress=not args.quiet)
+    n = len(read_store(out))
+    print(
+        f"{out}: {n} clips, {_disk_mb(out):.1f} MB (Zarr store {source}: {_disk_mb(source):.1f} MB)"
+    )
     return 0
 
 
@@ -344,6 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_mels)
+
+    p = sub.add_parser(
+        "export",
+        help="copy a finished clip store into one HDF5 file",
+        description="Convert data/cache/DATASET/STORE.zarr into one HDF5 file (default "
+        "data/cache/DATASET/STORE.h5) with the same arrays and attributes, to share the cache "
+        "or read it with other tools. Training and evaluation use STORE.h5 when there is no "
+        "STORE.zarr.",
+    )
+    p.add_argument("dataset", type=_safe_name)
+    p.add_argument(
+        "store", type=_store_arg, help="store name, e.g. musicnn or mel-mobile_fcn (':' → '-')"
+    )
+    p.add_argument("--format", choices=["h5"], default="h5", help="output format")
+    p.add_argument("--out", type=Path, help="output file (default: next to the Zarr store)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser(
         "train",

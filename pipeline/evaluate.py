@@ -38,7 +38,7 @@ from pipeline.metrics import (
     nanmean,
     roc_auc,
 )
-from pipeline.paths import manifest_path, mel_store_name, runs_path, store_path
+from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
 from pipeline.probe import fit_probe
 from pipeline.store import read_store
 from pipeline.students import create_student
@@ -118,7 +118,7 @@ def evaluate_run(
     torch_device = resolve_device(device)
     checkpoint = torch.load(checkpoint_path, map_location=torch_device, weights_only=True)
     config = checkpoint["config"]
-    mel = store_path(data_dir, config["dataset"], mel_store_name(config["frontend"]))
+    mel = locate_store(data_dir, config["dataset"], mel_store_name(config["frontend"]))
     mel_store = read_store(mel)
     config.setdefault("n_mels", mel_store.dim)  # runs trained before these were recorded
     config.setdefault("mel_frames", mel_store.max_frames)
@@ -165,8 +165,8 @@ def evaluate_probe(
     ``data/runs/<dataset>/probe-<teacher>/``. ``None`` if already up to date.
     """
     data_dir = Path(data_dir)
-    teacher_store = store_path(data_dir, dataset, teacher)
-    mel = store_path(data_dir, dataset, mel_store_name(frontend))
+    teacher_store = locate_store(data_dir, dataset, teacher)
+    mel = locate_store(data_dir, dataset, mel_store_name(frontend))
     source = {
         "teacher_fingerprint": read_store(teacher_store).fingerprint,
         "seed": seed,

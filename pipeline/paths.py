@@ -35,6 +35,23 @@ def store_path(data_dir: Path, dataset: str, name: str) -> Path:
     return data_dir / "cache" / dataset / f"{store_name(name)}.zarr"
 
 
+def h5_store_path(data_dir: Path, dataset: str, name: str) -> Path:
+    """The single-file HDF5 copy of a clip store (``python -m pipeline export``)."""
+    return store_path(data_dir, dataset, name).with_suffix(".h5")
+
+
+def locate_store(data_dir: Path, dataset: str, name: str) -> Path:
+    """The store that exists: ``<name>.zarr``, else ``<name>.h5``, else the ``.zarr`` path.
+
+    Falling back to the Zarr path keeps "no store" errors pointing at where extraction writes.
+    """
+    zarr_path = store_path(data_dir, dataset, name)
+    if zarr_path.exists():
+        return zarr_path
+    h5_path = zarr_path.with_suffix(".h5")
+    return h5_path if h5_path.is_file() else zarr_path
+
+
 def mel_store_name(frontend: str) -> str:
     return f"mel-{frontend}"
 

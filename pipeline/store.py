@@ -24,10 +24,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+
+if TYPE_CHECKING:
+    from pipeline.h5store import H5ClipStore
 
 STORE_FORMAT = 1
 COMPLETE_MARKER = "COMPLETE"
@@ -248,9 +251,15 @@ def open_store(
     return ClipStore(path, group)
 
 
-def read_store(path: str | os.PathLike, *, require_complete: bool = True) -> ClipStore:
-    """Open a finished store for reading."""
+def read_store(
+    path: str | os.PathLike, *, require_complete: bool = True
+) -> ClipStore | H5ClipStore:
+    """Open a finished store for reading (``.h5`` files: :mod:`pipeline.h5store`)."""
     path = Path(path)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        from pipeline.h5store import read_h5_store
+
+        return read_h5_store(path, require_complete=require_complete)
     if not (path / "zarr.json").exists():
         raise StoreError(f"no clip store at {path}")
     store = ClipStore(path, zarr.open_group(path, mode="r"))

@@ -31,7 +31,7 @@ from pipeline.config import TrainConfig
 from pipeline.loader import ClipDataset, ShardAwareSampler, collate, mixup, spec_augment
 from pipeline.losses import east_loss, masked_bce
 from pipeline.metrics import label_frequency_map, mean_average_precision
-from pipeline.paths import mel_store_name, read_manifest, runs_path, store_path
+from pipeline.paths import locate_store, mel_store_name, read_manifest, runs_path
 from pipeline.probe import LinearProbe, fit_probe
 from pipeline.store import read_store
 from pipeline.students import Student, count_parameters, create_student
@@ -67,9 +67,9 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def store_paths(cfg: TrainConfig, data_dir: Path) -> tuple[Path, list[Path]]:
-    """The mel store and the teacher stores a config reads."""
-    mel = store_path(data_dir, cfg.dataset, mel_store_name(cfg.frontend))
-    return mel, [store_path(data_dir, cfg.dataset, t) for t in cfg.teachers]
+    """The mel store and the teacher stores a config reads (``.zarr``, else ``.h5``)."""
+    mel = locate_store(data_dir, cfg.dataset, mel_store_name(cfg.frontend))
+    return mel, [locate_store(data_dir, cfg.dataset, t) for t in cfg.teachers]
 
 
 def run_dir_for(cfg: TrainConfig, data_dir: Path) -> Path:
@@ -221,7 +221,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
     manifest = read_manifest(data_dir, cfg.dataset)
     mel_path, teacher_paths = store_paths(cfg, data_dir)
     for store in (mel_path, *teacher_paths):
-        if not (store / "zarr.json").exists():
+        if not ((store / "zarr.json").exists() or store.is_file()):  # a .zarr or a .h5
             what = "make mels" if store == mel_path else "make extract"
             raise FileNotFoundError(
                 f"no store at {store}: run `{what} DATASET={cfg.dataset}` first"
