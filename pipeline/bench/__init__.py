@@ -35,6 +35,7 @@ class BenchContext:
     device : torch device for teachers and students ("cpu", "cuda")
     repeats : timings per measurement; the median is reported
     workers : DataLoader workers / decode jobs where a benchmark uses them
+    only : figure IDs asked for (``--only``); None for all. See :meth:`wants`.
     """
 
     root: Path
@@ -42,10 +43,17 @@ class BenchContext:
     device: str = "cpu"
     repeats: int = 3
     workers: int = 1
+    only: frozenset[str] | None = None
 
     def size(self, full: int, minimum: int = 1) -> int:
         """``full`` scaled, at least ``minimum``."""
         return max(minimum, round(full * self.scale))
+
+    def wants(self, figure_id: str) -> bool:
+        """Whether figure ``figure_id`` is asked for; "P3" also selects variants like "P3-h5"."""
+        if self.only is None:
+            return True
+        return figure_id in self.only or figure_id.split("-")[0] in self.only
 
 
 @dataclass
@@ -79,6 +87,29 @@ class Figure:
             return None
         bound = float(self.target[2:])
         return self.ratio >= bound if self.target.startswith(">=") else self.ratio <= bound
+
+
+def error_figure(figure_id: str, what: str, error: BaseException) -> Figure:
+    """A row for a figure that could not be measured: target "error", the cause in details."""
+    import traceback
+
+    cause = f"{type(error).__name__}: {error}"
+    return Figure(
+        id=figure_id,
+        what=what,
+        ratio=None,
+        target="error",
+        numerator=cause.splitlines()[0][:200],
+        details={
+            "error": cause,
+            "traceback": "".join(traceback.format_exception(error)),
+        },
+    )
+
+
+def is_error(figure: Figure) -> bool:
+    """Whether ``figure`` is an error row (see :func:`error_figure`)."""
+    return figure.target == "error"
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> tuple[float, list]:
