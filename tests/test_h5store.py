@@ -380,3 +380,42 @@ def test_cli_sees_complete_and_stale_h5_stores(data_dir, exported, tmp_path):
     assert cli._existing_store(tmp_path / "absent.zarr") is None
     h5_dir = _h5_only_dir(data_dir, exported, tmp_path)
     assert locate_store(h5_dir, DATASET, MEL_STORE).suffix == ".h5"
+
+
+# ------------------------------------------------------------------------------ batch reads
+
+
+def _random_batches(seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, N_CLIPS, size=48)  # random order, with duplicates and failed clips
+    return [[IDS[r] for r in rows[k : k + 12]] for k in range(0, len(rows), 12)] + [IDS[::-1]]
+
+
+@pytest.mark.parametrize("name", [MEL_STORE, TEACHER])
+def test_batches_in_random_order_equal_the_zarr_store(data_dir, exported, name):
+    h5_store, by_slices = read_store(exported[name]), read_store(exported[name], direct=False)
+    zarr_store = read_store(store_path(data_dir, DATASET, name), direct=False)
+    assert h5_store.reads_directly and not by_slices.reads_directly
+    for batch in _random_batches(seed=3):
+        want = zarr_store.read_batch(batch)
+        for reader in (h5_store, by_slices):
+            got = reader.read_batch(batch)
+            assert len(got) == len(want)
+            for a, b in zip(got, want, strict=True):
+                assert a.dtype == b.dtype and a.shape == b.shape
+                np.testing.assert_array_equal(a, b)
+        block, n_frames = h5_store.read_padded(batch)
+        zarr_block, zarr_n = zarr_store.read_padded(batch)
+        np.testing.assert_array_equal(block, zarr_block)
+        np.testing.assert_array_equal(n_frames, zarr_n)
+
+
+def test_compressed_export_is_read_by_slices(data_dir, exported, tmp_path):
+    source = store_path(data_dir, DATASET, MEL_STORE)
+    lzf = read_store(export_h5(source, tmp_path / "lzf.h5", compression="lzf", progress=False))
+    assert not lzf.reads_directly
+    reference = read_store(exported[MEL_STORE])
+    for batch in _random_batches(seed=4):
+        for a, b in zip(lzf.read_batch(batch), reference.read_batch(batch), strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_array_equal(a, b)

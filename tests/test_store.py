@@ -1,4 +1,7 @@
 import json
+import multiprocessing
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -118,3 +121,191 @@ def test_done_marker_records_rows_and_failures(tmp_path):
     store.write_shard(0, [np.ones((1, 3))] * 4, {})
     marker = json.loads((tmp_path / "s.zarr" / "progress" / "shard-000000.json").read_text())
     assert marker == {"rows": [0, 4], "failures": {}}
+
+
+# ---------------------------------------------------------------------- direct (zarr-free) reads
+N_DIRECT, SHARD, FRAMES, DIM = 11, 4, 6, 3
+
+
+def _direct_arrays(n: int = N_DIRECT) -> list[np.ndarray | None]:
+    """Clips of varying length, a failed one (row 5) and an all-zero one (row 2): zarr stores
+    no chunk for the latter, so its rows read as the fill value."""
+    rng = np.random.default_rng(7)
+    arrays = [
+        (rng.integers(-64, 64, (1 + r % FRAMES, DIM)) / 8).astype(np.float32) for r in range(n)
+    ]
+    arrays[2] = np.zeros((4, DIM), np.float32)
+    arrays[5] = None
+    return arrays
+
+
+def _write(path, shards=None, arrays=None):
+    store = _make(path, n=N_DIRECT, shard_size=SHARD, max_frames=FRAMES)
+    arrays = _direct_arrays() if arrays is None else arrays
+    for plan in store.shards():
+        if shards is None or plan.index in shards:
+            part = arrays[plan.start : plan.stop]
+            failed = {
+                store.clip_ids[plan.start + i]: "broken" for i, a in enumerate(part) if a is None
+            }
+            store.write_shard(plan.index, part, failed)
+    if shards is None:
+        store.mark_complete({})
+    return store
+
+
+def _assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def _batches(n: int, seed: int = 0) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    ids = _ids(n)
+    rows = rng.integers(0, n, size=40)  # random order, with duplicates
+    return [[ids[r] for r in rows[k : k + 8]] for k in range(0, len(rows), 8)] + [ids, ids[::-1]]
+
+
+@pytest.fixture
+def written(tmp_path):
+    _write(tmp_path / "s.zarr")
+    return tmp_path / "s.zarr"
+
+
+def test_direct_reads_equal_the_zarr_api(written):
+    direct, ref = read_store(written), read_store(written, direct=False)
+    assert direct.reads_directly and not ref.reads_directly
+    arrays = _direct_arrays()
+    for row, clip in enumerate(_ids(N_DIRECT)):
+        got = direct.read(clip)
+        _assert_same([got], [ref.read(clip)])
+        expected = np.zeros((0, DIM)) if arrays[row] is None else arrays[row]
+        np.testing.assert_array_equal(got, expected.astype(np.float16))
+    for batch in _batches(N_DIRECT):
+        _assert_same(direct.read_batch(batch), ref.read_batch(batch))
+        block, n_frames = direct.read_padded(batch)
+        ref_block, ref_n = ref.read_padded(batch)
+        np.testing.assert_array_equal(block, ref_block)
+        np.testing.assert_array_equal(n_frames, ref_n)
+        assert block.shape == (len(batch), FRAMES, DIM) and n_frames.dtype == np.int32
+        for j, clip in enumerate(batch):
+            np.testing.assert_array_equal(block[j, : n_frames[j]], ref.read(clip))
+            assert not block[j, n_frames[j] :].any()
+    assert direct.read_batch([]) == []
+
+
+def test_incomplete_store_reads_right_and_sees_later_shards(tmp_path):
+    path = tmp_path / "s.zarr"
+    writer = _write(path, shards={0, 2})
+    direct = read_store(path, require_complete=False)
+    ref = read_store(path, require_complete=False, direct=False)
+    assert direct.reads_directly
+    _assert_same(direct.read_batch(_ids(N_DIRECT)), ref.read_batch(_ids(N_DIRECT)))
+    assert direct.read("clip/005").shape == (0, DIM)  # shard 1 absent: no frames yet
+    arrays = _direct_arrays()
+    writer.write_shard(1, arrays[4:8], {"clip/005": "broken"})
+    after = read_store(path, require_complete=False)
+    np.testing.assert_array_equal(after.read("clip/004"), arrays[4].astype(np.float16))
+    # The writer's own reads see what it wrote.
+    np.testing.assert_array_equal(writer.read("clip/006"), arrays[6].astype(np.float16))
+
+
+def _edit_data_metadata(path, edit) -> None:
+    meta_path = path / "data" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+
+
+def _gzip_inner(meta):
+    meta["codecs"][0]["configuration"]["codecs"][1] = {
+        "name": "gzip",
+        "configuration": {"level": 1},
+    }
+
+
+def _unsharded(meta):
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [1, FRAMES, DIM]
+    meta["codecs"] = meta["codecs"][0]["configuration"]["codecs"]
+
+
+def _crc_free_index(meta):
+    meta["codecs"][0]["configuration"]["index_codecs"] = [
+        {"name": "bytes", "configuration": {"endian": "little"}}
+    ]
+
+
+@pytest.mark.parametrize("edit", [_gzip_inner, _unsharded, _crc_free_index])
+def test_other_layouts_are_read_through_zarr(tmp_path, edit):
+    path = tmp_path / "s.zarr"
+    _make(path, n=N_DIRECT, shard_size=SHARD, max_frames=FRAMES)
+    _edit_data_metadata(path, edit)  # before any chunk is written: zarr writes this layout
+    _write(path)
+    store = read_store(path)
+    assert not store.reads_directly
+    arrays = _direct_arrays()
+    for row, clip in enumerate(_ids(N_DIRECT)):
+        expected = np.zeros((0, DIM)) if arrays[row] is None else arrays[row]
+        np.testing.assert_array_equal(store.read(clip), expected.astype(np.float16))
+    for batch in _batches(N_DIRECT, seed=1):
+        _assert_same(store.read_batch(batch), [store.read(c) for c in batch])
+
+
+def test_damaged_shard_index_is_an_error(written):
+    shard = written / "data" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF  # inside the index
+    shard.write_bytes(bytes(raw))
+    store = read_store(written)
+    np.testing.assert_array_equal(store.read("clip/000"), _direct_arrays()[0].astype(np.float16))
+    with pytest.raises(StoreError, match="checksum"):
+        store.read("clip/004")
+
+
+def test_open_shard_files_are_bounded_and_closed(written):
+    store = read_store(written)
+    store._reader.max_open = 2
+    ref = read_store(written, direct=False)
+    for _ in range(2):
+        _assert_same(store.read_batch(_ids(N_DIRECT)), ref.read_batch(_ids(N_DIRECT)))
+        assert len(store._reader._files) <= 2
+    fds = list(store._reader._files.values())
+    assert fds
+    del store
+    for fd in fds:  # closed when the store was collected
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_pickled_store_reads_the_same(written):
+    store = read_store(written)
+    first = store.read_batch(_ids(N_DIRECT))  # opens shard files
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.reads_directly and not clone._reader._files
+    _assert_same(clone.read_batch(_ids(N_DIRECT)), first)
+
+
+_FORKED = {}
+
+
+def _read_in_child(batch):
+    store = _FORKED["store"]
+    return [a.copy() for a in store.read_batch(batch)], store._reader._pid == os.getpid()
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_reads_after_fork(written):
+    store = read_store(written)
+    batch = [*_ids(N_DIRECT)[::-1], "clip/003", "clip/003"]
+    want = store.read_batch(batch)  # the parent holds open shard files when forking
+    _FORKED["store"] = store
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got, own_files = pool.apply(_read_in_child, (batch,))
+    finally:
+        _FORKED.clear()
+    assert own_files
+    _assert_same(got, want)
+    _assert_same(store.read_batch(batch), want)  # the parent's files still work
