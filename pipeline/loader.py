@@ -173,52 +173,75 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clip_ids)
 
-    def _item(self, i: int, mel: np.ndarray, teachers: Sequence[np.ndarray]) -> dict[str, Any]:
-        mel = np.ascontiguousarray(_fit_frames(mel, self.mel_frames).T, dtype=np.float32)
-        out_teachers = []
-        for array, (frames, _), (shift, scale) in zip(
-            teachers, self.teacher_shapes, self._teacher_norm, strict=True
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """One item: mel (n_mels, T), labels/mask (C,), teachers [(T_k, D_k)], index."""
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} clips")
+        batch = self.__getitems__([i % len(self)])
+        return {
+            "mel": batch["mel"][0],
+            "labels": batch["labels"][0],
+            "mask": batch["mask"][0],
+            "teachers": [t[0] for t in batch["teachers"]],
+            "index": int(batch["index"][0]),
+        }
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        """A whole batch, already collated (see :func:`collate`).
+
+        Each store is read once for the batch into one zero-padded block, and the batch is
+        built with whole-array operations: per-item copies and a final stack would cost more
+        than the reads themselves.
+        """
+        idx = np.asarray([int(i) for i in indices], dtype=np.int64)
+        bad = idx[(idx < 0) | (idx >= len(self))]
+        if len(bad):
+            raise IndexError(f"index {int(bad[0])} out of range for {len(self)} clips")
+        stores = self._open()
+        clips = [self.clip_ids[i] for i in idx]
+        block, n_frames = stores[0].read_padded(clips)
+        mel = _fit_block(block, n_frames, self.mel_frames).transpose(0, 2, 1)
+        teachers = []
+        for store, (frames, _), (shift, scale) in zip(
+            stores[1:], self.teacher_shapes, self._teacher_norm, strict=True
         ):
-            array = _fit_frames(array, frames).astype(np.float32)
+            block, n_frames = store.read_padded(clips)
+            array = _fit_block(block, n_frames, frames).astype(np.float32)
             if shift is not None:
                 array -= shift
             if scale is not None:
                 array /= scale
-            out_teachers.append(torch.from_numpy(array))
+            teachers.append(torch.from_numpy(array))
         return {
-            "mel": torch.from_numpy(mel),
-            "labels": torch.from_numpy(self.labels[i].copy()),
-            "mask": torch.from_numpy(self.mask[i].copy()),
-            "teachers": out_teachers,
-            "index": int(i),
+            "mel": torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)),
+            "labels": torch.from_numpy(self.labels[idx]),
+            "mask": torch.from_numpy(self.mask[idx]),
+            "teachers": teachers,
+            "index": torch.from_numpy(idx),
         }
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} clips")
-        i %= len(self)
-        stores = self._open()
-        clip = self.clip_ids[i]
-        return self._item(i, stores[0].read(clip), [s.read(clip) for s in stores[1:]])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Items of a batch; each store's rows are read in sorted order."""
-        indices = [int(i) for i in indices]
-        for i in indices:
-            if not 0 <= i < len(self):
-                raise IndexError(f"index {i} out of range for {len(self)} clips")
-        stores = self._open()
-        clips = [self.clip_ids[i] for i in indices]
-        per_store = [s.read_batch(clips) for s in stores]
-        return [
-            self._item(i, per_store[0][j], [arrays[j] for arrays in per_store[1:]])
-            for j, i in enumerate(indices)
-        ]
+def _fit_block(block: np.ndarray, n_frames: np.ndarray, frames: int) -> np.ndarray:
+    """(B, T_max, D) zero-padded clips → (B, frames, D), each clip as :func:`_fit_frames` fits it.
+
+    Clips with at least ``frames`` frames are cut; shorter ones repeat from their start.
+    """
+    out = np.empty((len(block), frames, block.shape[2]), dtype=block.dtype)
+    keep = min(frames, block.shape[1])
+    out[:, :keep] = block[:, :keep]
+    for j in np.flatnonzero(n_frames < frames):
+        out[j] = block[j, np.arange(frames) % max(int(n_frames[j]), 1)]
+    return out
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items: mel (N, n_mels, T), labels/mask (N, C), teachers [(N, T_k, D_k)], index (N,)."""
+def collate(items: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+    """Stack items: mel (N, n_mels, T), labels/mask (N, C), teachers [(N, T_k, D_k)], index (N,).
+
+    A batch :meth:`ClipDataset.__getitems__` already built is returned as it is.
+    """
+    if isinstance(items, dict):
+        return items
     if not items:
         raise ValueError("cannot collate an empty list of items")
     n_teachers = len(items[0]["teachers"])

@@ -269,8 +269,7 @@ def test_dataset_over_h5_gives_the_same_items(data_dir, exported, split):
     for i in range(len(from_zarr)):
         _assert_same_items(from_h5[i], from_zarr[i])
     order = list(reversed(range(len(from_zarr))))
-    for a, b in zip(from_h5.__getitems__(order), from_zarr.__getitems__(order), strict=True):
-        _assert_same_items(a, b)
+    _assert_same_items(from_h5.__getitems__(order), from_zarr.__getitems__(order))
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")

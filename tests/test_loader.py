@@ -224,9 +224,10 @@ def _assert_items_equal(got, want):
 
 def test_getitems_equals_per_item_reads_and_pickle_drops_handles(data):
     ds = _train(data)
-    order = [4, 0, 3, 0, 2]
-    for got, i in zip(ds.__getitems__(order), order, strict=True):
-        _assert_items_equal(got, ds[i])
+    order = [4, 0, 3, 0, 2, ds.clip_ids.index(SHORT)]  # a duplicate, a clip that wraps
+    batch = ds.__getitems__(order)
+    _assert_batches_equal([batch], [collate([ds[i] for i in order])])
+    assert collate(batch) is batch  # an already built batch passes through
     clone = pickle.loads(pickle.dumps(ds))
     assert clone._stores is None
     _assert_items_equal(clone[3], ds[3])
