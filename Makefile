@@ -29,6 +29,9 @@ LOSS     ?=
 LAMBDA   ?=
 KD       ?=
 WORKERS  ?=
+# Training processes: NPROC>1 launches data-parallel training through torchrun (one GPU each
+# with CUDA); the preset's batch_size stays the global batch, split over the processes.
+NPROC    ?=
 # Any other training setting, e.g. SETTINGS="max_epochs=20 lr=3e-4"
 SETTINGS ?=
 # Benchmark sizes: 1 is the full benchmark, 0.01 a quick look
@@ -74,9 +77,10 @@ help:
 	@echo "make mels DATASET=... [FRONTEND=cp_resnet]  log-mel store (make train builds it if missing)"
 	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
 	@echo "                                            stage two: train a student (resumable)"
+	@echo "make train ... NPROC=2                      the same on 2 processes (torchrun, DDP)"
 	@echo "make eval [DATASET=...]                     test metrics of trained runs + teacher probes"
 	@echo "make report DATASET=...                     markdown report with plots"
-	@echo "make bench [BENCH_SCALE=1] [DEVICE=cuda]     benchmarks → data/bench/results.md"
+	@echo "make bench [BENCH_SCALE=1] [DEVICE=cuda]    benchmarks → data/bench/results.md"
 	@echo "make test                                   the test suite"
 	@echo "make lint                                   ruff"
 
@@ -120,7 +124,9 @@ mels: $(MANIFEST)
 train: $(TRAINED)
 $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).params \
 		$(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
-	$(CLI) train $(DATASET) teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
+	$(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
+		--nproc-per-node $(NPROC) -m pipeline --data-dir $(DATA),$(CLI)) train $(DATASET) \
+		teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
 		$(if $(FRONTEND),frontend=$(FRONTEND)) $(if $(LOSS),loss=$(LOSS)) \
 		$(if $(LAMBDA),lam=$(LAMBDA)) $(if $(KD_ON),kd=True) \
 		$(foreach s,$(SETTINGS),$(call quote,$(s))) $(if $(DEVICE),--device $(DEVICE)) \

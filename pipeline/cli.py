@@ -9,6 +9,7 @@ import argparse
 import ast
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     mel_store = locate_store(args.data_dir, args.dataset, mel_store_name(cfg.frontend))
     stale = _is_stale(mel_store, create_frontend(cfg.frontend).fingerprint())
     existing = _existing_store(mel_store)
-    if stale or existing is None or not existing.is_complete:
+    # Under torchrun only the first process builds the mels; the others wait for it when they
+    # join the process group in train().
+    first_process = os.environ.get("RANK", "0") == "0"
+    if first_process and (stale or existing is None or not existing.is_complete):
         print(f"computing the {cfg.frontend} mel store first")
         summary = build_mels(
             args.data_dir, args.dataset, cfg.frontend, overwrite=stale, progress=not args.quiet

@@ -8,14 +8,34 @@ Determinism: the model is initialised from ``seed``; every epoch reseeds torch a
 augmentation generator from (seed, epoch) and the sampler orders clips from (seed, epoch).
 ``last.pt`` holds everything else (weights, optimiser, schedule, early-stopping state, history),
 so a run killed at any moment and started again ends with the metrics of an uninterrupted run.
+
+Several processes (``torchrun``, data-parallel): when ``WORLD_SIZE`` > 1 in the environment,
+:func:`train` joins the process group (gloo on the CPU, nccl on CUDA with ``cuda:LOCAL_RANK``
+per process) and wraps the student in ``DistributedDataParallel``. ``batch_size`` stays the
+*global* batch: each of the ``W`` processes takes ``batch_size // W`` clips per step (a batch
+size ``W`` does not divide is refused), and the averaged gradients make one step of the global
+batch, so a config means the same with any number of processes and the run folder does not
+depend on it. Each process reads whole store shards of its own (:class:`ShardAwareSampler` with
+its rank), cut every epoch to the length of the shortest rank's share so that every process
+takes the same number of steps. What is computed per process, on its local batch of
+``batch_size // W`` clips, is everything batch-relational: the EAsT regulariser (distance
+correlation or cosine-distance difference between the clips of the batch), BatchNorm statistics,
+mixup partners and the KD term; these see fewer clips than in a single process, so the
+results are close to, not identical with, a one-process run. Rank 0 alone validates (the others
+wait for its figures, which drive the schedule and early stopping on every rank), fits the KD
+probes (saved, then loaded by the others), writes checkpoints, metrics, TensorBoard and the
+summary, and prints. On resume every process loads ``last.pt``; epochs are reseeded from
+(seed, epoch, rank), so an interrupted multi-process run also ends as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +43,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 import pipeline
-from pipeline.config import TrainConfig
+from pipeline.config import ConfigError, TrainConfig
 from pipeline.loader import ClipDataset, ShardAwareSampler, collate, mixup, spec_augment
 from pipeline.losses import east_loss, masked_bce
 from pipeline.metrics import label_frequency_map, mean_average_precision
@@ -62,8 +85,139 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of an epoch's augmentation and dropout draws in one process.
+
+    Rank 0 (and a lone process) keeps the single-process seed; the other ranks get streams of
+    their own, so the processes do not draw the same masks for different clips.
+    """
+    base = _epoch_seed(seed, epoch)
+    return base if rank == 0 else int(np.random.SeedSequence([base, rank]).generate_state(1)[0])
+
+
 def resolve_device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a ``torchrun`` job; a lone process is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process validates, writes and prints."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world_size > 1
+
+
+def processes_from_env(env: Mapping[str, str] | None = None) -> Processes:
+    """Rank, world size and local rank from the variables ``torchrun`` sets (default: one)."""
+    env = os.environ if env is None else env
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Processes()
+    rank = int(env["RANK"])
+    return Processes(rank, world_size, int(env.get("LOCAL_RANK", rank)))
+
+
+def per_process_batch(batch_size: int, world_size: int) -> int:
+    """Clips each process takes per step: the global ``batch_size`` split evenly.
+
+    Raises
+    ------
+    ConfigError
+        When ``world_size`` does not divide ``batch_size``.
+    """
+    if batch_size % world_size:
+        lower = max(world_size, batch_size - batch_size % world_size)
+        raise ConfigError(
+            f"batch_size={batch_size} is the global batch and must split evenly over "
+            f"{world_size} processes: use a multiple of {world_size} "
+            f"(e.g. batch_size={lower}) or another number of processes"
+        )
+    return batch_size // world_size
+
+
+def _barrier(procs: Processes) -> None:
+    if procs.parallel:
+        dist.barrier()
+
+
+def _from_main(procs: Processes, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (the others' argument is ignored)."""
+    if not procs.parallel:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _mean_over_processes(
+    procs: Processes, logs: dict[str, float], device: torch.device
+) -> dict[str, float]:
+    """Each logged training loss part averaged over the processes (same keys on every rank)."""
+    if not procs.parallel or not logs:
+        return logs
+    keys = sorted(logs)
+    values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {k: v / procs.world_size for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+class EvenShardSampler(Sampler[int]):
+    """This process's share of the shard-aware order, cut so that every process steps alike.
+
+    Every optimiser step all-reduces gradients, so all processes must take the same number of
+    steps. The shard-dealing :class:`ShardAwareSampler` gives ranks piles of different sizes;
+    each epoch, every process therefore keeps the first ``min over ranks`` items of its pile,
+    rounded down to whole batches of ``batch_size``. All ranks compute this from the same
+    (seed, epoch), with no communication. At most about one shard of clips per rank is left
+    out per epoch, and a different one each epoch. With one process the items and batches are
+    those of the plain sampler with ``drop_last``.
+    """
+
+    def __init__(
+        self,
+        shard_ids: Sequence[int],
+        *,
+        batch_size: int,
+        window: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(np.unique(np.asarray(shard_ids))) < world_size:
+            raise ConfigError(
+                f"the training split spans {len(np.unique(np.asarray(shard_ids)))} store "
+                f"shard(s), fewer than the {world_size} processes: each process reads whole "
+                "shards, so use fewer processes"
+            )
+        self.rank, self.batch_size = rank, batch_size
+        self._ranks = [
+            ShardAwareSampler(shard_ids, window=window, seed=seed, rank=r, world_size=world_size)
+            for r in range(world_size)
+        ]
+
+    def set_epoch(self, epoch: int) -> None:
+        for sampler in self._ranks:
+            sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        shortest = min(len(sampler) for sampler in self._ranks)
+        return shortest - shortest % self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ranks[self.rank].order()[: len(self)].tolist())
 
 
 def store_paths(cfg: TrainConfig, data_dir: Path) -> tuple[Path, list[Path]]:
@@ -114,7 +268,7 @@ def _fit_probes(
 
 
 def train_one_epoch(
-    model: Student,
+    model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
@@ -122,8 +276,16 @@ def train_one_epoch(
     generator: torch.Generator,
     device: torch.device,
     bar: tqdm,
+    *,
+    world_size: int = 1,
 ) -> dict[str, float]:
-    """One pass over the training split; returns the mean of each logged loss part."""
+    """One pass over this process's part of the training split.
+
+    ``model`` is a :class:`Student` or one wrapped in ``DistributedDataParallel``; the loss,
+    including the teacher regulariser, is computed on the loader's (local) batches. The
+    progress bar counts the clips of all ``world_size`` processes. Returns the mean over this
+    process's steps of each logged loss part.
+    """
     model.train()
     sums: dict[str, float] = {}
     steps = 0
@@ -166,7 +328,7 @@ def train_one_epoch(
         steps += 1
         for key, value in logs.items():
             sums[key] = sums.get(key, 0.0) + value
-        bar.update(len(mel))
+        bar.update(len(mel) * world_size)
         rate = bar.format_dict["n"] / max(bar.format_dict["elapsed"], 1e-9)
         bar.set_postfix(loss=f"{sums['total'] / steps:.4f}", clips_s=f"{rate:.1f}")
     return {key: value / max(steps, 1) for key, value in sums.items()}
@@ -192,9 +354,22 @@ def validate(
 
 
 def _loaders(
-    cfg: TrainConfig, train_set: ClipDataset, valid_set: ClipDataset, device: torch.device
-) -> tuple[DataLoader, ShardAwareSampler, DataLoader]:
-    sampler = ShardAwareSampler(train_set.shard_ids, window=cfg.shard_window, seed=cfg.seed)
+    cfg: TrainConfig,
+    train_set: ClipDataset,
+    valid_set: ClipDataset,
+    device: torch.device,
+    procs: Processes,
+) -> tuple[DataLoader, EvenShardSampler, DataLoader | None]:
+    """Training loader of this process's shards; the validation loader on rank 0 only."""
+    batch_size = per_process_batch(cfg.batch_size, procs.world_size)
+    sampler = EvenShardSampler(
+        train_set.shard_ids,
+        batch_size=batch_size,
+        window=cfg.shard_window,
+        seed=cfg.seed,
+        rank=procs.rank,
+        world_size=procs.world_size,
+    )
     common = {
         "collate_fn": collate,
         "num_workers": cfg.workers,
@@ -203,16 +378,55 @@ def _loaders(
     }
     # Whole batches only: BatchNorm and the batch-relational regularisers need N > 1.
     train_loader = DataLoader(
-        train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common
+        train_set, batch_size=batch_size, sampler=sampler, drop_last=True, **common
     )
-    valid_loader = DataLoader(valid_set, batch_size=2 * cfg.batch_size, shuffle=False, **common)
+    valid_loader = None
+    if procs.main:
+        valid_loader = DataLoader(valid_set, batch_size=2 * cfg.batch_size, shuffle=False, **common)
     return train_loader, sampler, valid_loader
 
 
 def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
-    """Train (or resume, or just report) the run of ``cfg``; returns its best validation mAP."""
-    data_dir = Path(data_dir)
+    """Train (or resume, or just report) the run of ``cfg``; returns its best validation mAP.
+
+    Started by ``torchrun`` with more than one process (``WORLD_SIZE`` > 1), every process
+    calls this: it joins the process group (unless the caller already did), trains its share
+    of each global batch of ``cfg.batch_size`` clips (see the module docstring) and leaves the
+    group at the end, also on errors. Every process returns the same result.
+
+    Raises
+    ------
+    ConfigError
+        When ``cfg.batch_size`` does not split evenly over the processes, or the training split
+        has fewer store shards than there are processes.
+    """
+    procs = processes_from_env()
     device = resolve_device(cfg.device)
+    if not procs.parallel:
+        return _train(cfg, Path(data_dir), device, procs, progress)
+    per_process_batch(cfg.batch_size, procs.world_size)  # refuse before joining the group
+    if device.type == "cuda":
+        device = torch.device("cuda", procs.local_rank)
+        torch.cuda.set_device(device)
+    joined = not dist.is_initialized()
+    if joined:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    try:
+        return _train(cfg, Path(data_dir), device, procs, progress)
+    finally:
+        if joined:
+            # The DDP wrapper sits in reference cycles; left to interpreter exit, its
+            # reducer outlives the group and the process aborts at exit now and then.
+            gc.collect()
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig, data_dir: Path, device: torch.device, procs: Processes, progress: bool
+) -> TrainResult:
+    main = procs.main
+    say = print if main else _quiet
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -230,15 +444,14 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
     valid_set = ClipDataset(manifest, "valid", mel_path, teacher_paths)
     for name, dataset in (("train", train_set), ("valid", valid_set)):
         for clip, cause in sorted(dataset.skipped.items()):
-            print(f"skipping {name} clip {clip}: {cause}")
+            say(f"skipping {name} clip {clip}: {cause}")
 
     # -- run folder --------------------------------------------------------------------------
     run_dir = run_dir_for(cfg, data_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "train.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        print(f"{run_dir}: already trained (best valid mAP {summary['best_valid_map']:.4f})")
+        say(f"{run_dir}: already trained (best valid mAP {summary['best_valid_map']:.4f})")
         return TrainResult(
             run_dir, summary["best_epoch"], summary["best_valid_map"], summary["epochs"], -1
         )
@@ -251,69 +464,100 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
         "mel_frames": train_set.mel_frames,
         "pipeline_version": pipeline.__version__,
     }
-    _write_text_atomic(run_dir / "config.json", json.dumps(resolved, indent=2))
-    stores = {
-        str(p): {"fingerprint": read_store(p).fingerprint, "skipped": train_set.skipped}
-        for p in (mel_path, *teacher_paths)
-    }
-    _write_text_atomic(run_dir / "stores.json", json.dumps(stores, indent=2, ensure_ascii=False))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(run_dir / "config.json", json.dumps(resolved, indent=2))
+        stores = {
+            str(p): {"fingerprint": read_store(p).fingerprint, "skipped": train_set.skipped}
+            for p in (mel_path, *teacher_paths)
+        }
+        _write_text_atomic(
+            run_dir / "stores.json", json.dumps(stores, indent=2, ensure_ascii=False)
+        )
 
     # -- model, optimiser, schedule ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = create_student(
+    student = create_student(
         cfg.student,
         n_classes=len(manifest.classes),
         n_mels=train_set.n_mels,
         **cfg.student_options,
     ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
-    probes = (
-        [p.to(device) for p in _fit_probes(cfg, train_set, valid_set, run_dir)] if cfg.kd else []
-    )
-    train_loader, sampler, valid_loader = _loaders(cfg, train_set, valid_set, device)
+    probes: list[LinearProbe] = []
+    if cfg.kd:
+        # Rank 0 fits and saves the probes; the others then load its files.
+        if main:
+            probes = _fit_probes(cfg, train_set, valid_set, run_dir)
+        _barrier(procs)
+        if not main:
+            probes = _fit_probes(cfg, train_set, valid_set, run_dir)
+        probes = [p.to(device) for p in probes]
+    train_loader, sampler, valid_loader = _loaders(cfg, train_set, valid_set, device, procs)
 
     state = {"epoch": 0, "best_map": -math.inf, "best_epoch": 0, "best_loss": math.inf}
     state |= {"bad_epochs": 0, "history": [], "seconds": 0.0}
     last_path = run_dir / "last.pt"
     if last_path.is_file():
         checkpoint = torch.load(last_path, map_location=device, weights_only=True)
-        model.load_state_dict(checkpoint["model"])
+        student.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = checkpoint["state"]
-        print(f"{run_dir}: resuming after epoch {state['epoch']}")
+        say(f"{run_dir}: resuming after epoch {state['epoch']}")
     resumed_from = state["epoch"]
+    _barrier(procs)  # every process has read last.pt before rank 0 may replace it
+    model: nn.Module = student
+    if procs.parallel:
+        model = DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    n_params = count_parameters(model)
+    n_params = count_parameters(student)
     chance = label_frequency_map(valid_set.labels, valid_set.mask)
-    print(
+    say(
         f"{run_dir.name}: {cfg.student} ({n_params:,} parameters), teacher {cfg.teacher}, "
         f"λ={cfg.regulariser_weight}, {len(train_set)} train / {len(valid_set)} valid clips, "
         f"label-frequency valid mAP {chance:.3f}, on {device}"
+        + (f" × {procs.world_size} processes" if procs.parallel else "")
     )
-    writer = _tensorboard(run_dir, purge_step=resumed_from)
+    writer = _tensorboard(run_dir, purge_step=resumed_from) if main else None
 
     # -- epochs ------------------------------------------------------------------------------
     while state["epoch"] < cfg.max_epochs and state["bad_epochs"] < cfg.early_stop_patience:
         epoch = state["epoch"]
         started = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
-        generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(_rank_seed(cfg.seed, epoch, procs.rank))
+        generator = torch.Generator().manual_seed(_rank_seed(cfg.seed, epoch, procs.rank))
         sampler.set_epoch(epoch)
+        clips = len(train_loader) * cfg.batch_size  # of all processes
         with tqdm(
-            total=len(train_loader) * cfg.batch_size,
+            total=clips,
             unit="clip",
             desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
-            disable=None if progress else True,  # None: off when not writing to a terminal
+            # None: off when not writing to a terminal
+            disable=None if progress and main else True,
             leave=False,
         ) as bar:
             train_logs = train_one_epoch(
-                model, train_loader, optimizer, cfg, probes, generator, device, bar
+                model,
+                train_loader,
+                optimizer,
+                cfg,
+                probes,
+                generator,
+                device,
+                bar,
+                world_size=procs.world_size,
             )
-        valid = validate(model, valid_loader, valid_set, device)
+        train_logs = _mean_over_processes(procs, train_logs, device)
+        # Rank 0's figures drive the schedule and early stopping on every process alike.
+        valid = _from_main(
+            procs, validate(student, valid_loader, valid_set, device) if main else None
+        )
         scheduler.step(valid["loss"])
         seconds = time.perf_counter() - started
 
@@ -323,11 +567,9 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
             state["best_loss"], state["bad_epochs"] = valid["loss"], 0
         else:
             state["bad_epochs"] += 1
-        if valid["map"] > state["best_map"]:
+        improved = valid["map"] > state["best_map"]
+        if improved:
             state["best_map"], state["best_epoch"] = valid["map"], epoch + 1
-            _save_atomic(
-                _inference_checkpoint(model, resolved, epoch + 1, valid), run_dir / "best.pt"
-            )
         row = {
             "epoch": epoch + 1,
             **{f"train_{k}": float(v) for k, v in train_logs.items()},
@@ -335,49 +577,74 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
             "valid_map": valid["map"],
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": seconds,
-            "clips_per_s": len(train_loader) * cfg.batch_size / seconds,
+            "clips_per_s": clips / seconds,
         }
         state["history"].append(row)
-        _save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": state,
-            },
-            last_path,
-        )
-        _write_text_atomic(
-            run_dir / "metrics.csv", pd.DataFrame(state["history"]).to_csv(index=False)
-        )
-        for key, value in row.items():
-            if key != "epoch":
-                writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-        writer.flush()
-        print(
+        if main:
+            if improved:
+                _save_atomic(
+                    _inference_checkpoint(student, resolved, epoch + 1, valid),
+                    run_dir / "best.pt",
+                )
+            _save_epoch(run_dir, student, optimizer, scheduler, state, writer, row)
+        say(
             f"epoch {epoch + 1}: train loss {train_logs.get('total', float('nan')):.4f}, "
             f"valid loss {valid['loss']:.4f}, valid mAP {valid['map']:.4f}, "
             f"{row['clips_per_s']:.1f} clips/s"
         )
-    writer.close()
+    if writer is not None:
+        writer.close()
 
-    summary = {
-        "run": run_dir.name,
-        "best_epoch": state["best_epoch"],
-        "best_valid_map": state["best_map"],
-        "epochs": state["epoch"],
-        "stopped_early": state["epoch"] < cfg.max_epochs,
-        "label_frequency_valid_map": chance,
-        "parameters": n_params,
-        "train_seconds": state["seconds"],
-        "train_clips": len(train_set),
-        "valid_clips": len(valid_set),
-    }
-    _write_text_atomic(summary_path, json.dumps(summary, indent=2))
-    print(f"{run_dir}: best valid mAP {state['best_map']:.4f} at epoch {state['best_epoch']}")
+    if main:
+        summary = {
+            "run": run_dir.name,
+            "best_epoch": state["best_epoch"],
+            "best_valid_map": state["best_map"],
+            "epochs": state["epoch"],
+            "stopped_early": state["epoch"] < cfg.max_epochs,
+            "label_frequency_valid_map": chance,
+            "parameters": n_params,
+            "train_seconds": state["seconds"],
+            "train_clips": len(train_set),
+            "valid_clips": len(valid_set),
+            "processes": procs.world_size,
+        }
+        _write_text_atomic(summary_path, json.dumps(summary, indent=2))
+    _barrier(procs)  # the summary exists when any process returns
+    say(f"{run_dir}: best valid mAP {state['best_map']:.4f} at epoch {state['best_epoch']}")
     return TrainResult(
         run_dir, state["best_epoch"], state["best_map"], state["epoch"], resumed_from
     )
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """``print`` for the processes other than rank 0."""
+
+
+def _save_epoch(
+    run_dir: Path,
+    student: Student,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    writer: Any,
+    row: dict[str, float],
+) -> None:
+    """After an epoch: ``last.pt`` (resume point), ``metrics.csv`` and the TensorBoard scalars."""
+    _save_atomic(
+        {
+            "model": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": state,
+        },
+        run_dir / "last.pt",
+    )
+    _write_text_atomic(run_dir / "metrics.csv", pd.DataFrame(state["history"]).to_csv(index=False))
+    for key, value in row.items():
+        if key != "epoch":
+            writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+    writer.flush()
 
 
 def _inference_checkpoint(
