@@ -3,10 +3,12 @@
 Any :class:`Encoder` can take the teacher's place, e.g. a mel front end
 (:class:`pipeline.features.MelFrontEnd`) whose spectrograms are cached the same way.
 
-Worker processes (joblib) decode and resample the next batches while the teacher embeds the
-current one; each finished shard is written once with its done marker, so a killed run resumes
-where it stopped. Clips that cannot be decoded or embedded are recorded with their cause and
-left at zero frames; they never abort the run unless more than ``max_failed_fraction`` fail.
+Worker processes (joblib's loky) decode and resample the next batches while the teacher embeds
+the current one, at most ``2 × jobs`` batches ahead, so memory does not grow with the dataset
+when decoding is faster than the teacher. Each finished shard is written once with its done
+marker, so a killed run resumes where it stopped. Clips that cannot be decoded or embedded are
+recorded with their cause and left at zero frames; they never abort the run unless more than
+``max_failed_fraction`` fail.
 Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
 """
 
@@ -15,13 +17,15 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib.externals.loky import get_reusable_executor
 from tqdm.auto import tqdm
 
 from pipeline.audio import AudioError, load_audio
@@ -107,6 +111,32 @@ def _decode(
         except AudioError as err:
             out.append(err.cause)
     return out
+
+
+def _decoded(
+    tasks: Iterable[tuple[Any, ...]], jobs: int, ahead: int
+) -> Iterator[list[np.ndarray | str]]:
+    """``_decode(*task)`` of each task, in order; at most ``ahead`` tasks in flight.
+
+    A task is submitted only when the consumer takes a result: joblib's generator output
+    would decode everything ahead of a slower teacher and hold it all in memory. With
+    ``jobs`` <= 1 the tasks run here, one per result taken.
+    """
+    tasks = iter(tasks)
+    if jobs <= 1:
+        yield from (_decode(*task) for task in tasks)
+        return
+    executor = get_reusable_executor(max_workers=jobs, timeout=300)  # joblib's idle timeout
+    pending = deque(executor.submit(_decode, *task) for task in islice(tasks, ahead))
+    try:
+        while pending:
+            result = pending.popleft().result()
+            if (task := next(tasks, None)) is not None:
+                pending.append(executor.submit(_decode, *task))
+            yield result
+    finally:  # the consumer stopped early: drop what has not started
+        for future in pending:
+            future.cancel()
 
 
 def _embed(teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
@@ -208,14 +238,18 @@ def extract(
     paths = manifest.clips["path"].tolist()
     batches = list(_batches(shards, todo, batch_size))
     jobs = jobs or max(1, (os.cpu_count() or 2) - 1)
-    decoded = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs")(
-        delayed(_decode)(
-            list(zip(clip_ids[a:b], paths[a:b], strict=True)),
-            teacher.sample_rate_hz,
-            teacher.min_duration_s,
-            max_duration_s,
-        )
-        for _, a, b in batches
+    decoded = _decoded(
+        (
+            (
+                list(zip(clip_ids[a:b], paths[a:b], strict=True)),
+                teacher.sample_rate_hz,
+                teacher.min_duration_s,
+                max_duration_s,
+            )
+            for _, a, b in batches
+        ),
+        jobs,
+        ahead=2 * jobs,
     )
     pending: dict[int, list[np.ndarray | str]] = {}
     bar = tqdm(
