@@ -296,6 +296,17 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
 
 
+def _add_run_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--run",
+        dest="run_dir",
+        required=True,
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder (data/runs/DATASET/RUN) or its best.pt",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.datasets import list_datasets
     from pipeline.teachers import list_teachers
@@ -447,14 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "some files could not be read, 2 when none could.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files to tag")
-    p.add_argument(
-        "--run",
-        dest="run_dir",
-        required=True,
-        type=Path,
-        metavar="RUN_DIR",
-        help="run folder (data/runs/DATASET/RUN) or its best.pt",
-    )
+    _add_run_option(p)
     p.add_argument("--csv", type=Path, help="also write every class probability to this CSV")
     p.add_argument("--top", type=_positive_int, default=5, help="tags shown per file")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per model call")
@@ -469,14 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "metadata names the sample rate, the window length and the classes. Checked against "
         "PyTorch with ONNX Runtime.",
     )
-    p.add_argument(
-        "--run",
-        dest="run_dir",
-        required=True,
-        type=Path,
-        metavar="RUN_DIR",
-        help="run folder (data/runs/DATASET/RUN) or its best.pt",
-    )
+    _add_run_option(p)
     p.add_argument("-o", "--out", type=Path, help="ONNX file (default: RUN_DIR/student.onnx)")
     p.add_argument(
         "--no-check", dest="check", action="store_false", help="skip the ONNX Runtime check"
