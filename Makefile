@@ -95,9 +95,9 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[demo,onnx,dev]'
 	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0 tinysoundfont==0.3.7 \
 		torchopenl3==1.0.1 hear21passt==0.0.26 torchaudio==2.11.0
-	$(PY) -m pip install --quiet -e '.[demo,onnx,dev]'
 	touch $@
 
 $(STAMPS)/%.params: | $(INSTALLED)
