@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from joblib.externals.loky import get_reusable_executor
+from joblib.executor import get_memmapping_executor
 from tqdm.auto import tqdm
 
 from pipeline.audio import AudioError, load_audio
@@ -126,7 +126,9 @@ def _decoded(
     if jobs <= 1:
         yield from (_decode(*task) for task in tasks)
         return
-    executor = get_reusable_executor(max_workers=jobs, timeout=300)  # joblib's idle timeout
+    # joblib's own reusable worker pool, the one its Parallel shares (idle workers exit after
+    # 300 s); a pool of another class would clash with Parallel's in the same process.
+    executor = get_memmapping_executor(jobs, timeout=300)
     pending = deque(executor.submit(_decode, *task) for task in islice(tasks, ahead))
     try:
         while pending:

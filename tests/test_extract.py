@@ -143,3 +143,14 @@ def test_clips_a_teacher_pads_are_named_in_the_summary(tmp_path):
     assert list(summary.padded) == [manifest.clip_ids[1]]
     assert "0.300 s is shorter than frame-stats's 0.5 s: zero-padded" in str(summary)
     assert read_store(tmp_path / "s.zarr").n_frames.tolist() == [4, 1, 2]
+
+
+def test_decode_workers_leave_joblib_parallel_usable(tmp_path):
+    from joblib import Parallel, delayed
+
+    manifest = _manifest(tmp_path, [(1.0, "ok")] * 4)
+    summary = extract(
+        manifest, FrameStats(), tmp_path / "s.zarr", batch_size=1, jobs=2, progress=False
+    )
+    assert summary.embedded == 4
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
