@@ -108,19 +108,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.replace_stale and _is_stale(out, teacher.fingerprint()):
         print(f"{out} was made with other settings: extracting it again")
         args.overwrite = True
-    summary = extract(
-        manifest,
-        teacher,
-        out,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        jobs=args.jobs,
-        max_duration_s=args.max_duration,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    print(summary)
+    print(extract(manifest, teacher, out, **_store_options(args)))
     return 0
+
+
+def _store_options(args: argparse.Namespace) -> dict[str, Any]:
+    """extract()'s keyword arguments from the options of :func:`_add_store_options`."""
+    return {
+        "batch_size": args.batch_size,
+        "shard_size": args.shard_size,
+        "jobs": args.jobs,
+        "max_duration_s": args.max_duration,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+    }
 
 
 def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any):
@@ -137,16 +138,7 @@ def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any)
 
 def cmd_mels(args: argparse.Namespace) -> int:
     summary = build_mels(
-        args.data_dir,
-        args.dataset,
-        args.frontend,
-        device=args.device,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        jobs=args.jobs,
-        max_duration_s=args.max_duration,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
+        args.data_dir, args.dataset, args.frontend, device=args.device, **_store_options(args)
     )
     print(summary)
     return 0
