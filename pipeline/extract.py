@@ -10,6 +10,7 @@ marker, so a killed run resumes where it stopped. Clips that cannot be decoded o
 recorded with their cause and left at zero frames; they never abort the run unless more than
 ``max_failed_fraction`` fail.
 Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
+An encoder's ``store_compression`` ("zstd" unless it says otherwise) is the store's codec.
 """
 
 from __future__ import annotations
@@ -231,6 +232,7 @@ def extract(
         dim=teacher.dim,
         max_frames=max_frames_for(manifest, teacher, max_duration_s),
         shard_size=shard_size,
+        compression=getattr(teacher, "store_compression", "zstd"),
         overwrite=overwrite,
     )
     shards = store.shards()

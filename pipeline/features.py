@@ -251,7 +251,11 @@ class MelFrontEnd:
     name : str -- ``"mel-<preset>"``
     sample_rate_hz, hop_s, dim (= n_mels) : as a teacher's
     min_duration_s : float -- one FFT frame (n_fft / sample_rate_hz); shorter clips are refused
+    store_compression : None -- mel stores keep raw chunks: log-mels hardly compress (zstd saves
+        about 15 %) while decoding them would cost training several times the raw read
     """
+
+    store_compression: str | None = None
 
     def __init__(self, preset: str = "cp_resnet", *, device: str = "cpu", **overrides: Any):
         base = frontend_config(preset)

@@ -225,8 +225,11 @@ class ClipDataset(Dataset):
 def _fit_block(block: np.ndarray, n_frames: np.ndarray, frames: int) -> np.ndarray:
     """(B, T_max, D) zero-padded clips → (B, frames, D), each clip as :func:`_fit_frames` fits it.
 
-    Clips with at least ``frames`` frames are cut; shorter ones repeat from their start.
+    Clips with at least ``frames`` frames are cut; shorter ones repeat from their start. When
+    every clip is long enough the result is a view of ``block``.
     """
+    if len(n_frames) and n_frames.min() >= frames:
+        return block[:, :frames]
     out = np.empty((len(block), frames, block.shape[2]), dtype=block.dtype)
     keep = min(frames, block.shape[1])
     out[:, :keep] = block[:, :keep]

@@ -40,6 +40,7 @@ import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Zstd
+from zarr.codecs import ZstdCodec
 
 if TYPE_CHECKING:
     from pipeline.h5store import H5ClipStore
@@ -93,8 +94,11 @@ def _bytes_codec_ok(codec: Any) -> bool:
     )
 
 
-def _direct_layout(meta: dict[str, Any]) -> tuple[int, tuple[int, ...], np.dtype, str] | None:
-    """(clips per shard, clip shape, dtype, key separator) if :class:`ShardReader` can read
+def _direct_layout(
+    meta: dict[str, Any],
+) -> tuple[int, tuple[int, ...], np.dtype, str, bool] | None:
+    """(clips per shard, clip shape, dtype, key separator, zstd-compressed) if
+    :class:`ShardReader` can read
     the array whose ``zarr.json`` is ``meta``, else None (then zarr reads it)."""
     try:
         shape = [int(n) for n in meta["shape"]]
@@ -122,9 +126,9 @@ def _direct_layout(meta: dict[str, Any]) -> tuple[int, tuple[int, ...], np.dtype
             and config.get("index_location", "end") == "end"
             and list(grid["configuration"]["chunk_shape"][1:]) == shape[1:]
             and list(inner) == [1, *shape[1:]]
-            and len(config["codecs"]) == 2
+            and len(config["codecs"]) in (1, 2)
             and (_bytes_codec_ok(config["codecs"][0]) or dtype.itemsize == 1)
-            and _zstd_codec_ok(config["codecs"][1])
+            and all(_zstd_codec_ok(c) for c in config["codecs"][1:])
             and len(index_codecs) == 2
             and _bytes_codec_ok(index_codecs[0])
             and index_codecs[1] in ({"name": "crc32c"}, {"name": "crc32c", "configuration": {}})
@@ -134,7 +138,8 @@ def _direct_layout(meta: dict[str, Any]) -> tuple[int, tuple[int, ...], np.dtype
     if not ok:
         return None
     shard_clips = int(grid["configuration"]["chunk_shape"][0])
-    return shard_clips, tuple(shape[1:]), dtype.newbyteorder("<"), separator
+    compressed = len(config["codecs"]) == 2
+    return shard_clips, tuple(shape[1:]), dtype.newbyteorder("<"), separator, compressed
 
 
 def _zstd_content_size(frame: bytes) -> int | None:
@@ -198,6 +203,7 @@ class ShardReader:
         row_shape: tuple[int, ...],
         dtype: np.dtype,
         separator: str = "/",
+        compressed: bool = True,
         max_open: int = 16,
     ) -> None:
         self.array_dir = Path(array_dir)
@@ -205,6 +211,7 @@ class ShardReader:
         self.row_shape = tuple(row_shape)
         self.dtype = np.dtype(dtype)
         self.separator = separator
+        self.compressed = bool(compressed)
         self.max_open = max(1, int(max_open))
         self._index_bytes = self.shard_clips * 16 + 4
         self._indexes: dict[int, np.ndarray] = {}
@@ -299,8 +306,10 @@ class ShardReader:
         self._indexes[shard] = index
         return index
 
-    def _compressed(self, row: int) -> bytes | None:
-        """The row's zstd frame, or None where the store holds no chunk (fill value)."""
+    def _chunk(self, row: int, out: np.ndarray | None = None) -> bytes | None:
+        """The row's stored bytes (a zstd frame, or the raw row when uncompressed, then read
+        straight into ``out`` if given and the sizes agree); None where the store holds no
+        chunk (fill value)."""
         shard, j = divmod(int(row), self.shard_clips)
         with self._lock:
             fd = self._fd(shard)
@@ -309,11 +318,22 @@ class ShardReader:
             offset, length = self._index(shard, fd)[j]
             if offset == _EMPTY:
                 return None
+            if out is not None and int(length) == out.nbytes:
+                if os.preadv(fd, [out.reshape(-1).view(np.uint8)], int(offset)) != length:
+                    raise StoreError(f"{self.array_dir}: row {row} is cut short")
+                return b""
             return os.pread(fd, int(length), int(offset))
 
     def read_into(self, row: int, out: np.ndarray) -> None:
         """Decode row ``row`` into ``out`` (a C-contiguous array of ``row_shape``)."""
-        frame = self._compressed(row)
+        if not self.compressed:
+            raw = self._chunk(row, out)
+            if raw is None:
+                out[...] = 0
+            elif raw:
+                raise StoreError(f"{self.array_dir}: row {row} holds {len(raw)} bytes")
+            return
+        frame = self._chunk(row)
         if frame is None:
             out[...] = 0
             return
@@ -327,7 +347,7 @@ class ShardReader:
         out[...] = np.frombuffer(decoded, dtype=self.dtype).reshape(out.shape)
 
     def read_rows(self, rows: Sequence[int]) -> np.ndarray:
-        """(len(rows), *row_shape) array of the given rows."""
+        """(len(rows), *row_shape) array of the given rows, in any order."""
         out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
         for k, row in enumerate(rows):
             self.read_into(row, out[k])
@@ -491,6 +511,10 @@ class ClipStore:
             (B,) int32 valid frames per clip.
         """
         rows = np.asarray([self.row(c) for c in clip_ids], dtype=np.int64)
+        if self._reader is not None:
+            # Straight into place, in the asked order: rows that hold nothing read as zeros.
+            counts = self.n_frames[rows].astype(np.int32) if len(rows) else np.zeros(0, np.int32)
+            return self._reader.read_rows(rows), counts
         return _gather(self._read_rows, rows, self.n_frames, (self.max_frames, self.dim))
 
     def read_batch(self, clip_ids: Iterable[str]) -> list[np.ndarray]:
@@ -550,16 +574,28 @@ def open_store(
     max_frames: int,
     shard_size: int = 256,
     dtype: str = "float16",
+    compression: str | None = "zstd",
     overwrite: bool = False,
 ) -> ClipStore:
     """Create a store, or reopen one for resuming.
+
+    ``compression`` is "zstd" or None (raw chunks: a third larger for mel spectrograms, whose
+    noisy mantissas hardly compress, but read several times faster).
 
     Reopening checks that the fingerprint, the clip IDs and the layout are the same; otherwise
     :class:`StoreError` names the differences (``overwrite=True`` deletes the old store
     instead). Orphan temporary files from a killed writer are removed.
     """
     path = Path(path)
-    layout = {"dim": dim, "max_frames": max_frames, "shard_size": shard_size, "dtype": dtype}
+    if compression not in ("zstd", None):
+        raise ValueError(f"compression must be 'zstd' or None, not {compression!r}")
+    layout = {
+        "dim": dim,
+        "max_frames": max_frames,
+        "shard_size": shard_size,
+        "dtype": dtype,
+        "compression": compression or "none",
+    }
     if path.exists() and overwrite:
         shutil.rmtree(path)
     if (path / "zarr.json").exists():
@@ -570,7 +606,9 @@ def open_store(
                 f"{path} was made with other settings ({'; '.join(diff)}); "
                 "delete it or extract again with --overwrite"
             )
-        old_layout = {k: store._group.attrs["layout"][k] for k in layout}
+        # Stores written before compression was a choice were all zstd.
+        old_layout = {"compression": "zstd", **store._group.attrs["layout"]}
+        old_layout = {k: old_layout.get(k) for k in layout}
         if old_layout != layout or store.clip_ids != [str(c) for c in clip_ids]:
             raise StoreError(
                 f"{path} holds other clips or another layout than the manifest asks for; "
@@ -589,6 +627,7 @@ def open_store(
         shards=(shard_size, max_frames, dim),
         dtype=dtype,
         fill_value=0,
+        compressors=ZstdCodec() if compression else None,
     )
     group.create_array("n_frames", shape=(n,), chunks=(shard_size,), dtype="int32", fill_value=0)
     ids = group.create_array("clip_id", shape=(n,), chunks=(max(n, 1),), dtype=str)

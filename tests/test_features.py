@@ -191,6 +191,8 @@ def test_extract_caches_spectrograms_in_a_clip_store(tmp_path):
     assert set(summary.failed) == {"c3"} and "needs at least" in summary.failed["c3"]
     store = read_store(out)
     assert store.dim == 96 and store.fingerprint == frontend.fingerprint()
+    # Raw chunks (log-mels hardly compress), still read directly.
+    assert store._group.attrs["layout"]["compression"] == "none" and store.reads_directly
     for clip, path in zip(manifest.clip_ids[:3], paths, strict=False):
         [want] = frontend.embed([load_audio(path, sr_hz=16_000)])
         got = store.read(clip)

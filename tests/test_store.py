@@ -139,8 +139,8 @@ def _direct_arrays(n: int = N_DIRECT) -> list[np.ndarray | None]:
     return arrays
 
 
-def _write(path, shards=None, arrays=None):
-    store = _make(path, n=N_DIRECT, shard_size=SHARD, max_frames=FRAMES)
+def _write(path, shards=None, arrays=None, compression="zstd"):
+    store = _make(path, n=N_DIRECT, shard_size=SHARD, max_frames=FRAMES, compression=compression)
     arrays = _direct_arrays() if arrays is None else arrays
     for plan in store.shards():
         if shards is None or plan.index in shards:
@@ -168,10 +168,32 @@ def _batches(n: int, seed: int = 0) -> list[list[str]]:
     return [[ids[r] for r in rows[k : k + 8]] for k in range(0, len(rows), 8)] + [ids, ids[::-1]]
 
 
-@pytest.fixture
-def written(tmp_path):
-    _write(tmp_path / "s.zarr")
+@pytest.fixture(params=["zstd", None], ids=["zstd", "raw"])
+def written(tmp_path, request):
+    _write(tmp_path / "s.zarr", compression=request.param)
     return tmp_path / "s.zarr"
+
+
+def test_compression_is_part_of_the_layout(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, shards={0}, compression=None)
+    codecs = json.loads((path / "data" / "zarr.json").read_text())["codecs"]
+    assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes"]
+    with pytest.raises(StoreError, match="another layout"):
+        _make(path, n=N_DIRECT, shard_size=SHARD, max_frames=FRAMES)  # zstd asked for
+    with pytest.raises(ValueError, match="compression"):
+        _make(tmp_path / "t.zarr", compression="lz4")
+
+
+def test_stores_from_before_the_compression_choice_reopen_as_zstd(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, shards={0})
+    attrs_path = path / "zarr.json"
+    meta = json.loads(attrs_path.read_text())
+    del meta["attributes"]["layout"]["compression"]
+    attrs_path.write_text(json.dumps(meta))
+    store = _make(path, n=N_DIRECT, shard_size=SHARD, max_frames=FRAMES)
+    assert store.done_shards() == {0}
 
 
 def test_direct_reads_equal_the_zarr_api(written):
