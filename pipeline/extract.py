@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pipeline.audio import AudioError, load_audio
 from pipeline.manifest import Manifest
-from pipeline.store import ShardPlan, open_store
+from pipeline.store import ClipStore, ShardPlan, open_store
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -268,22 +268,44 @@ def extract(
             pending.setdefault(shard, []).extend(_embed(teacher, clip_ids[a:b], waves))
             bar.update(b - a)
             summary.processed += b - a
-            plan = shards[shard]
-            if b == plan.stop:
-                results = pending.pop(shard)
-                failures = {
-                    clip_ids[plan.start + i]: r for i, r in enumerate(results) if isinstance(r, str)
-                }
-                store.write_shard(
-                    shard, [None if isinstance(r, str) else r for r in results], failures
-                )
+            if b == shards[shard].stop:
+                write_results(store, shard, pending.pop(shard))
                 summary.shards_written += 1
+    return finish(store, summary, started, max_failed_fraction)
+
+
+def embed_shard(
+    teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str], batch_size: int
+) -> tuple[list[np.ndarray | str], dict[str, str]]:
+    """One shard's decoded clips (or decoding failures) → embeddings or failure causes, in
+    teacher calls of ``batch_size`` clips (the batches :func:`extract` makes), and the clips the
+    teacher zero-pads."""
+    results: list[np.ndarray | str] = []
+    padded: dict[str, str] = {}
+    for a in range(0, len(waves), batch_size):
+        ids, part = clip_ids[a : a + batch_size], waves[a : a + batch_size]
+        padded.update(_padding_notes(teacher, ids, part))
+        results.extend(_embed(teacher, ids, part))
+    return results, padded
+
+
+def write_results(store: ClipStore, shard: int, results: Sequence[np.ndarray | str]) -> None:
+    """Write a shard's embeddings; strings are the causes of failed clips."""
+    start = store.shards()[shard].start
+    failures = {store.clip_ids[start + i]: r for i, r in enumerate(results) if isinstance(r, str)}
+    store.write_shard(shard, [None if isinstance(r, str) else r for r in results], failures)
+
+
+def finish(
+    store: ClipStore, summary: ExtractSummary, started: float, max_failed_fraction: float
+) -> ExtractSummary:
+    """Fill in the summary from the store and mark it complete, unless too many clips failed."""
     summary.seconds = time.perf_counter() - started
     summary.failed = store.failures()
     summary.embedded = int((store.n_frames > 0).sum())
-    if len(summary.failed) > max_failed_fraction * len(clip_ids):
+    if len(summary.failed) > max_failed_fraction * len(store):
         raise ExtractionError(
-            f"{len(summary.failed)} of {len(clip_ids)} clips failed (limit "
+            f"{len(summary.failed)} of {len(store)} clips failed (limit "
             f"{max_failed_fraction:.0%}); the store is kept but not marked complete.\n{summary}"
         )
     store.mark_complete(summary.as_dict())

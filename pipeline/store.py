@@ -643,6 +643,21 @@ def open_store(
     return ClipStore(path, group)
 
 
+def open_for_writing(path: str | os.PathLike, fingerprint: dict[str, Any]) -> ClipStore:
+    """Reopen a store that :func:`open_store` made, to write shards into it from another
+    process (e.g. a Ray worker). Unlike :func:`open_store` it removes no temporary files, since
+    other writers may be renaming theirs into place; it checks the fingerprint, so values of
+    two teachers never meet in one store."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"no clip store at {path}")
+    store = ClipStore(path, zarr.open_group(path, mode="r+"))
+    diff = fingerprint_diff(store.fingerprint, fingerprint)
+    if diff:
+        raise StoreError(f"{path} was made with other settings ({'; '.join(diff)})")
+    return store
+
+
 def read_store(
     path: str | os.PathLike, *, require_complete: bool = True, direct: bool = True
 ) -> ClipStore | H5ClipStore:
