@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.extract import (
+    Encoder,
     ExtractSummary,
     _decode,
     embed_shard,
@@ -131,6 +132,7 @@ def extract_ray(
     out: str | os.PathLike,
     *,
     teacher_options: dict[str, Any] | None = None,
+    teacher: Encoder | None = None,
     address: str | None = None,
     actors: int | None = None,
     gpus_per_actor: float | None = None,
@@ -147,6 +149,7 @@ def extract_ray(
     ----------
     teacher_options : keyword arguments of :func:`pipeline.teachers.create_teacher` (weights,
         model options); each actor builds its own teacher from them
+    teacher : the driver's copy of that teacher, if already built (on the CPU); else built here
     address : Ray cluster to join ("auto", "ray://host:10001", …); default: ``$RAY_ADDRESS``,
         else a Ray instance started on this machine for the run
     actors : teacher actors; default: one per GPU in the cluster, else 1
@@ -161,7 +164,8 @@ def extract_ray(
     options = {k: v for k, v in (teacher_options or {}).items() if v is not None}
     # The driver builds the teacher once on the CPU: it checks the weights and options with a
     # clear message before any worker starts, and gives the store's fingerprint and layout.
-    teacher = create_teacher(teacher_name, device="cpu", **options)
+    if teacher is None:
+        teacher = create_teacher(teacher_name, device="cpu", **options)
     fingerprint = teacher.fingerprint()
     clip_ids = manifest.clip_ids
     store = open_store(
