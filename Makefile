@@ -1,5 +1,8 @@
 # Thin wrappers over `python -m pipeline <stage>`; run `make help` for the list.
 #
+# Exit status 1 of data, extract and mels means "done, but some clips were left out or failed"
+# (listed, and in a table next to the output): the output is complete, so Make goes on.
+#
 # Each stage's output is a real file (manifest, store COMPLETE marker, a .done stamp) that
 # depends on data/stamps/<stage>-<key>.params: a hash of that stage's parameters and code,
 # rewritten by `python -m pipeline.stamps` only when it changes. So a stage reruns exactly
@@ -21,6 +24,9 @@ DEVICE  ?=
 STORE   ?=
 # Extra teacher options, e.g. TEACHER_OPTS="layer=penultimate batch_size=32"
 TEACHER_OPTS ?=
+# Stage one on a Ray cluster: ENGINE=ray [RAY_ADDRESS=auto|host:port] (the same store)
+ENGINE      ?= local
+RAY_ADDRESS ?=
 # Training: TEACHER=none is the baseline; "a+b" trains against several teacher stores.
 # Empty values keep the dataset preset's choice.
 STUDENT  ?=
@@ -41,6 +47,9 @@ export DATA DATASET TEACHER ROOT CSV SPLITS CLIPS WEIGHTS STORE TEACHER_OPTS
 export STUDENT FRONTEND LOSS LAMBDA KD SETTINGS
 
 CLI       := $(PY) -m pipeline --data-dir $(DATA)
+# Appended to data / extract / mels: exit status 1 (some clips failed, output complete) is fine.
+SOME_FAILED := || [ $$? -eq 1 ]
+ENGINE_OPTS := $(if $(filter ray,$(ENGINE)),--engine ray $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)))
 INSTALLED := $(VENV)/.installed
 STAMPS    := $(DATA)/stamps
 CACHE     := $(DATA)/cache/$(DATASET)
@@ -64,7 +73,7 @@ ifneq ($(wildcard $(PY)),)
 _ := $(shell $(STAMP_CMD))
 endif
 
-.PHONY: help setup data extract mels train eval report demo bench test lint format clean-venv
+.PHONY: help setup data extract mels train eval report demo bench test torture lint format clean-venv
 
 help:
 	@echo "make demo                                   everything on the offline default dataset"
@@ -74,6 +83,7 @@ help:
 	@echo "make data DATASET=magnatagatune ROOT=<dir> [SPLITS=<dir>]  manifest from MagnaTagATune"
 	@echo "make data DATASET=<name> CSV=<file.csv>     manifest from your own CSV"
 	@echo "make extract DATASET=... TEACHER=...        stage one: teacher embeddings (resumable)"
+	@echo "make extract ... ENGINE=ray [RAY_ADDRESS=auto]  the same on a Ray cluster"
 	@echo "make mels DATASET=... [FRONTEND=cp_resnet]  log-mel store (make train builds it if missing)"
 	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
 	@echo "                                            stage two: train a student (resumable)"
@@ -82,6 +92,7 @@ help:
 	@echo "make report DATASET=...                     markdown report with plots"
 	@echo "make bench [BENCH_SCALE=1] [DEVICE=cuda]    benchmarks → data/bench/results.md"
 	@echo "make test                                   the test suite"
+	@echo "make torture                                the long reliability runs (kills, bad inputs, ...)"
 	@echo "make lint                                   ruff"
 
 setup: $(INSTALLED)
@@ -106,20 +117,22 @@ $(STAMPS)/%.params: | $(INSTALLED)
 data: $(MANIFEST)
 $(MANIFEST): $(STAMPS)/data-$(DATASET).params | $(INSTALLED)
 	$(CLI) data $(DATASET) $(if $(ROOT),--root $(ROOT)) $(if $(CSV),--csv $(CSV)) \
-		$(if $(SPLITS),--split-dir $(SPLITS)) $(if $(CLIPS),--clips $(CLIPS))
+		$(if $(SPLITS),--split-dir $(SPLITS)) $(if $(CLIPS),--clips $(CLIPS)) $(SOME_FAILED)
 
 extract: $(EMBEDDING)
 $(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(subst :,-,$(or $(STORE),$(TEACHER))).params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(TEACHER) --replace-stale $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
-		$(foreach o,$(TEACHER_OPTS),-o $(o))
+		$(foreach o,$(TEACHER_OPTS),-o $(o)) $(ENGINE_OPTS) $(SOME_FAILED)
 
 # Teacher stores a training run needs, by store name (= teacher name).
 $(CACHE)/%.zarr/COMPLETE: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
-	$(CLI) extract $(DATASET) $(patsubst hear-%,hear:%,$*) --replace-stale $(if $(DEVICE),--device $(DEVICE))
+	$(CLI) extract $(DATASET) $(patsubst hear-%,hear:%,$*) --replace-stale \
+		$(if $(DEVICE),--device $(DEVICE)) $(ENGINE_OPTS) $(SOME_FAILED)
 
 mels: $(MANIFEST)
-	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) $(if $(DEVICE),--device $(DEVICE))
+	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) \
+		$(if $(DEVICE),--device $(DEVICE)) $(SOME_FAILED)
 
 train: $(TRAINED)
 $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).params \
@@ -156,6 +169,10 @@ bench: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
+
+# The long versions of tests/test_reliability.py (pytest's default options leave them out).
+torture: $(INSTALLED)
+	$(PY) -m pytest -q -m torture
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check pipeline tests

@@ -34,6 +34,10 @@ class NonFiniteAudio(AudioError):
     """Contains NaN or infinite samples."""
 
 
+class TruncatedAudio(AudioError):
+    """Decodes to clearly fewer samples than its header declares (cut short or damaged)."""
+
+
 def load_audio(
     path: str | os.PathLike,
     *,
@@ -61,22 +65,81 @@ def load_audio(
         raise UndecodableAudio(name, f"file not found: {os.fspath(path)!r}")
     try:
         with sf.SoundFile(path) as f:
-            native_sr = f.samplerate
+            native_sr, declared = f.samplerate, f.frames
             frames = -1 if max_duration_s is None else int(np.ceil(max_duration_s * native_sr))
             audio = f.read(frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
-        raise UndecodableAudio(name, f"cannot decode {os.fspath(path)!r} ({err})") from None
+        raise UndecodableAudio(name, _undecodable_cause(path, err)) from None
     if audio.size == 0:
         raise EmptyAudio(name, "no audio samples")
-    if not np.isfinite(audio).all():
-        raise NonFiniteAudio(name, "NaN or infinite samples")
+    expected = declared if frames < 0 else min(frames, declared)
+    if 0 < expected < _UNKNOWN_LENGTH and _truncated(len(audio), expected, native_sr):
+        raise TruncatedAudio(
+            name,
+            f"truncated or damaged: the header says {expected / native_sr:.3f} s, "
+            f"only {len(audio) / native_sr:.3f} s decode",
+        )
+    finite = np.isfinite(audio)
+    if not finite.all():
+        n_nan = int(np.isnan(audio).sum())
+        raise NonFiniteAudio(
+            name,
+            f"non-finite samples: {n_nan} NaN and {int((~finite).sum()) - n_nan} infinite "
+            f"of {audio.size}",
+        )
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if native_sr != sr_hz:
         mono = soxr.resample(mono, native_sr, sr_hz, quality="HQ")
     duration_s = len(mono) / sr_hz
     if duration_s < min_duration_s:
-        raise TooShortAudio(name, f"{duration_s:.3f} s long, needs at least {min_duration_s} s")
+        n = len(audio)
+        length = (
+            f"{duration_s:.3f} s long"
+            if n >= 100
+            else f"{n} sample{'s' * (n != 1)} long ({n / native_sr:.2g} s)"
+        )
+        raise TooShortAudio(name, f"{length}, needs at least {min_duration_s} s")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+# libsndfile's frame count of a stream whose length it does not know.
+_UNKNOWN_LENGTH = 2**62
+# A file decoding to less than its header declares by more than this is refused as truncated
+# (lossy decoders may differ from the header by an encoder delay, hence the slack).
+_TRUNCATION_SLACK = 0.05
+_TRUNCATION_MIN_S = 0.1
+
+
+def _truncated(decoded: int, declared: int, sr_hz: int) -> bool:
+    missing = declared - decoded
+    return missing > _TRUNCATION_SLACK * declared and missing > _TRUNCATION_MIN_S * sr_hz
+
+
+def _undecodable_cause(path: str | os.PathLike, err: Exception) -> str:
+    """Why soundfile could not open ``path``: permission, empty file, or not audio it reads.
+
+    libsndfile says "File does not exist or is not a regular file" for files it cannot make
+    out (a text file named .mp3, an mp3 cut short in its first frames): misleading for a file
+    that is there, so that case gets its own words.
+    """
+    where = repr(os.fspath(path))
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        return f"cannot read {where}: permission denied"
+    except OSError as os_err:
+        return f"cannot read {where}: {os_err.strerror or os_err}"
+    if size == 0:
+        return f"cannot decode {where}: empty file (0 bytes)"
+    detail = str(err)
+    if "not a regular file" in detail or "Format not recognised" in detail:
+        return (
+            f"cannot decode {where}: not in an audio format libsndfile reads, or damaged "
+            f"at the start ({size} bytes)"
+        )
+    return f"cannot decode {where} ({detail})"
 
 
 def probe_duration(path: str | os.PathLike) -> float:

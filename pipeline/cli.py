@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.paths import manifest_path, read_manifest, store_path
+from pipeline.paths import manifest_path, read_manifest, rejected_path, store_path
 
 DATA_DIR = Path("data")
 
@@ -67,6 +67,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = manifest.write(manifest_path(args.data_dir, args.dataset))
+    rejected_csv = manifest.write_rejected(rejected_path(args.data_dir, args.dataset))
     counts = manifest.clips["split"].value_counts().to_dict()
     known = manifest.mask().mean()
     splits = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -74,7 +75,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         f"{out}: {len(manifest)} clips ({splits}), "
         f"{len(manifest.classes)} classes, {known:.0%} of labels known"
     )
-    return 0
+    if not manifest.rejected:
+        return 0
+    print(f"{len(manifest.rejected)} rows left out (also in {rejected_csv}):")
+    for rejection in manifest.rejected:
+        print(f"  rejected {rejection}")
+    return 1
 
 
 def _existing_store(path: Path) -> Any:
@@ -87,6 +93,22 @@ def _existing_store(path: Path) -> Any:
         return None
 
 
+def _staleness(store: Path, fingerprint: dict[str, Any], clip_ids: list[str]) -> str:
+    """Why an existing store cannot be resumed for these settings and clips ("" if it can, or
+    if there is no store): the fingerprint keys that differ, or the clips that differ."""
+    from pipeline.manifest import clip_difference
+    from pipeline.store import fingerprint_diff
+
+    existing = _existing_store(store)
+    if existing is None:
+        return ""
+    diff = fingerprint_diff(existing.fingerprint, fingerprint)
+    if diff:
+        return "made with other settings: " + "; ".join(diff)
+    other = clip_difference(existing.clip_ids, clip_ids)
+    return f"made for other clips than the manifest: {other}" if other else ""
+
+
 def _is_stale(store: Path, fingerprint: dict[str, Any]) -> bool:
     """Whether a store exists and was made with another fingerprint."""
     from pipeline.store import fingerprint_diff
@@ -95,21 +117,123 @@ def _is_stale(store: Path, fingerprint: dict[str, Any]) -> bool:
     return existing is not None and bool(fingerprint_diff(existing.fingerprint, fingerprint))
 
 
+def _failures_path(store: Path) -> Path:
+    """``<store>.failures.csv`` next to the store (``musicnn.zarr`` → ``musicnn.failures.csv``)."""
+    return store.with_suffix(".failures.csv")
+
+
+def _write_failures(store: Path, failed: dict[str, str]) -> Path:
+    """The failed clips of a store as a CSV table (clip_id, cause), header only if none."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("clip_id", "cause"))
+    writer.writerows(sorted(failed.items()))
+    out = _failures_path(store)
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(text.getvalue(), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _fill_store(encoder: Any, out: Path, args: argparse.Namespace, manifest: Any) -> int:
+    """Run extract() for the extract and mels stages and print its summary with a table of the
+    failed clips (also written to ``<store>.failures.csv``).
+
+    Returns the exit status: 0 when every clip was embedded, 1 when the store is complete but
+    some clips failed. Too many failures raise ExtractionError (exit status 2), after the
+    failures table of the shards done so far is written; an OSError while writing the store
+    (a full disk) becomes a StoreError naming the store.
+    """
+    from pipeline.extract import ExtractionError, extract
+    from pipeline.store import StoreError
+
+    try:
+        if getattr(args, "engine", "local") == "ray":
+            summary = _extract_on_ray(encoder, out, args, manifest)
+        else:
+            summary = extract(manifest, encoder, out, **_store_options(args))
+    except ExtractionError:
+        existing = _existing_store(out)
+        if existing is not None:
+            _write_failures(out, existing.failures())
+        raise
+    except OSError as err:
+        if isinstance(err, FileNotFoundError) and not out.exists():
+            raise
+        raise StoreError(
+            f"{out}: writing the store failed{_shard_of(err, out)} ({_os_error(err)}); the "
+            "shards done so far are kept: free space or fix the cause and run the same command "
+            "again to resume"
+        ) from err
+    table = _write_failures(out, summary.failed)
+    head, *_ = str(summary).splitlines()
+    print(head)
+    if summary.failed:
+        width = min(40, max(len("clip"), *(len(c) for c in summary.failed)))
+        print(f"{len(summary.failed)} clips failed (also in {table}):")
+        print(f"  {'clip':<{width}}  cause")
+        for clip, cause in sorted(summary.failed.items()):
+            print(f"  {clip:<{width}}  {cause}")
+    for clip, note in sorted(summary.padded.items()):
+        print(f"  padded {clip}: {note}")
+    return 1 if summary.failed else 0
+
+
+def _os_error(err: OSError) -> str:
+    text = err.strerror or str(err)
+    return f"{text}: {err.filename}" if err.filename else text
+
+
+def _shard_of(err: OSError, store: Path) -> str:
+    """' in shard K' when the failed write's file name shows which shard it was, else ''."""
+    import re
+
+    name = str(err.filename or "")
+    if not name.startswith(str(store)):
+        return ""
+    found = re.search(r"[/\\]data[/\\]c[/\\](\d+)[/\\]", name) or re.search(
+        r"shard-(\d+)\.json", name
+    )
+    return f" in shard {int(found.group(1))}" if found else ""
+
+
+def _extract_on_ray(teacher: Any, out: Path, args: argparse.Namespace, manifest: Any):
+    from pipeline.extract_ray import extract_ray
+
+    options = {k: v for k, v in _store_options(args).items() if k != "jobs"}
+    return extract_ray(
+        manifest,
+        args.teacher,
+        out,
+        teacher=teacher,
+        teacher_options={"weights": args.weights, **dict(args.option)},
+        address=args.ray_address,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        **options,
+    )
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.extract import extract
     from pipeline.teachers import create_teacher
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.engine == "ray":
+        device = "cpu"  # this copy only checks the weights and settings; Ray's actors embed
     manifest = read_manifest(args.data_dir, args.dataset)
     teacher = create_teacher(args.teacher, weights=args.weights, device=device, **dict(args.option))
     out = store_path(args.data_dir, args.dataset, args.name or args.teacher)
-    if args.replace_stale and _is_stale(out, teacher.fingerprint()):
-        print(f"{out} was made with other settings: extracting it again")
-        args.overwrite = True
-    print(extract(manifest, teacher, out, **_store_options(args)))
-    return 0
+    if args.replace_stale and not args.overwrite:
+        why = _staleness(out, teacher.fingerprint(), manifest.clip_ids)
+        if why:
+            print(f"{out} was {why}: extracting it again")
+            args.overwrite = True
+    return _fill_store(teacher, out, args, manifest)
 
 
 def _store_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,11 +261,13 @@ def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any)
 
 
 def cmd_mels(args: argparse.Namespace) -> int:
-    summary = build_mels(
-        args.data_dir, args.dataset, args.frontend, device=args.device, **_store_options(args)
-    )
-    print(summary)
-    return 0
+    from pipeline.features import create_frontend
+    from pipeline.paths import mel_store_name
+
+    manifest = read_manifest(args.data_dir, args.dataset)
+    frontend = create_frontend(args.frontend, device=args.device or "cpu")
+    out = store_path(args.data_dir, args.dataset, mel_store_name(args.frontend))
+    return _fill_store(frontend, out, args, manifest)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -156,16 +282,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides["workers"] = args.workers
     cfg = train_config(args.dataset, preset=args.preset, **overrides)
+    manifest = read_manifest(args.data_dir, args.dataset)
     mel_store = locate_store(args.data_dir, args.dataset, mel_store_name(cfg.frontend))
-    stale = _is_stale(mel_store, create_frontend(cfg.frontend).fingerprint())
+    # A mel store is derived from the manifest and the front end alone: one made with other
+    # front-end settings or for other clips is computed again (saying why), never mixed.
+    stale = _staleness(mel_store, create_frontend(cfg.frontend).fingerprint(), manifest.clip_ids)
     existing = _existing_store(mel_store)
     # Under torchrun only the first process builds the mels; the others wait for it when they
     # join the process group in train().
     first_process = os.environ.get("RANK", "0") == "0"
     if first_process and (stale or existing is None or not existing.is_complete):
-        print(f"computing the {cfg.frontend} mel store first")
+        if stale:
+            print(f"{mel_store} was {stale}: computing it again")
+        else:
+            print(f"computing the {cfg.frontend} mel store first")
         summary = build_mels(
-            args.data_dir, args.dataset, cfg.frontend, overwrite=stale, progress=not args.quiet
+            args.data_dir,
+            args.dataset,
+            cfg.frontend,
+            overwrite=bool(stale),
+            progress=not args.quiet,
         )
         print(summary)
     train(cfg, args.data_dir, progress=not args.quiet)
@@ -370,6 +506,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="extract afresh when the store was made with other settings (else resume)",
     )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine; ray: a Ray cluster (the same store, value for value)",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="ray: cluster to join, e.g. auto (default: $RAY_ADDRESS, else a local instance)",
+    )
+    p.add_argument("--actors", type=int, help="ray: teacher actors (default: one per GPU, else 1)")
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        help="ray: GPUs per teacher actor (default: 1 if the cluster has GPUs, else 0)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_extract)
 
@@ -489,11 +641,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    # MissingWeightsError is a FileNotFoundError, as is a manifest not built yet.
+    # MissingWeightsError is a FileNotFoundError, as is a manifest not built yet; an OSError
+    # is also a full disk or a folder that cannot be written.
     except (
         ManifestError,
         StoreError,
-        FileNotFoundError,
+        OSError,
         InvalidWeightsError,
         ExtractionError,
         AudioError,

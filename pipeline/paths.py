@@ -9,6 +9,11 @@ def manifest_path(data_dir: Path, dataset: str) -> Path:
     return data_dir / "manifests" / f"{dataset}.parquet"
 
 
+def rejected_path(data_dir: Path, dataset: str) -> Path:
+    """The table of source rows left out of the dataset's manifest, and why."""
+    return data_dir / "manifests" / f"{dataset}.rejected.csv"
+
+
 def read_manifest(data_dir: Path, dataset: str):
     """The dataset's manifest, or a FileNotFoundError saying how to build it."""
     from pipeline.manifest import Manifest

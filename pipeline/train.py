@@ -53,10 +53,11 @@ import pipeline
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.loader import ClipDataset, ShardAwareSampler, collate, mixup, spec_augment
 from pipeline.losses import east_loss, masked_bce
+from pipeline.manifest import clip_difference
 from pipeline.metrics import label_frequency_map, mean_average_precision
-from pipeline.paths import locate_store, mel_store_name, read_manifest, runs_path
+from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest, runs_path
 from pipeline.probe import LinearProbe, fit_probe
-from pipeline.store import read_store
+from pipeline.store import StoreError, read_store
 from pipeline.students import Student, count_parameters, create_student
 
 
@@ -439,6 +440,18 @@ def _train(
             what = "make mels" if store == mel_path else "make extract"
             raise FileNotFoundError(
                 f"no store at {store}: run `{what} DATASET={cfg.dataset}` first"
+            )
+    for store in (mel_path, *teacher_paths):
+        # Stores are read by clip ID: one made from another manifest would silently give some
+        # clips no data, or another dataset's clips of the same name.
+        other = clip_difference(
+            read_store(store, require_complete=False).clip_ids, manifest.clip_ids
+        )
+        if other:
+            what = "make mels" if store == mel_path else "make extract"
+            raise StoreError(
+                f"{store} was made for other clips than {manifest_path(data_dir, cfg.dataset)}: "
+                f"{other}; run `{what} DATASET={cfg.dataset}` again (it replaces the store)"
             )
     train_set = ClipDataset(manifest, "train", mel_path, teacher_paths)
     valid_set = ClipDataset(manifest, "valid", mel_path, teacher_paths)

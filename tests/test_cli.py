@@ -30,7 +30,8 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     table.write_text("clip_id,path,split,piano\na,missing.wav,train,1\n")
     assert main(["--data-dir", str(tmp_path), "data", "mine", "--csv", str(table)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: mine: 1 audio files do not exist") and "missing.wav" in err
+    assert err.startswith("error: mine: 1 of 1 clips rejected") and "missing.wav" in err
+    assert err.count("\n") == 1
     with pytest.raises(SystemExit, match="unknown dataset 'nope'"):
         main(["--data-dir", str(tmp_path), "data", "nope"])
     with pytest.raises(SystemExit):

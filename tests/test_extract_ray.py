@@ -1,12 +1,15 @@
-"""The Ray engine against the local one, on a Ray cluster started here on loopback (CPU only).
+"""The Ray engine against the local one, on a Ray cluster started on this machine (CPU only).
 
 The teacher is musicnn with its real weights; the clips are rendered demo music plus broken
 and short files, so failures and padding notes are compared too.
 """
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -25,12 +28,9 @@ SHARD, BATCH = 3, 2
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    # A one-machine cluster: Ray gives it this machine's own address (never 127.0.0.1, which
+    # it replaces), and the extraction subprocesses join it by that address.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.cluster_resources()
     ray.shutdown()
 
@@ -39,7 +39,17 @@ def cluster():
 def manifest(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data), "data", "demo", "--clips", "7"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--data-dir",
+            str(data),
+            "data",
+            "demo",
+            "--clips",
+            "10",
+        ],
         check=True,
         capture_output=True,
     )
@@ -103,7 +113,7 @@ def test_a_finished_store_needs_no_cluster(manifest, local_store, tmp_path):
         progress=False,
         max_failed_fraction=0.5,
     )
-    assert (summary.shards_written, summary.shards_skipped) == (0, 3)
+    assert (summary.shards_written, summary.shards_skipped) == (0, 4)
     assert not ray.is_initialized()
 
 
@@ -134,7 +144,7 @@ def test_ray_store_is_identical_to_the_local_engines(cluster, manifest, local_st
     )
     local_path, local_summary = local_store
     assert_same_store(local_path, out)
-    assert summary.shards_written == 3 and summary.shards_skipped == 0
+    assert summary.shards_written == 4 and summary.shards_skipped == 0
     assert summary.failed == local_summary.failed
     assert set(summary.failed) == {"broken/../clip", "short"}
     assert summary.padded == local_summary.padded
@@ -159,5 +169,98 @@ def test_a_rerun_writes_only_the_shards_not_done(cluster, manifest, local_store,
         progress=False,
         max_failed_fraction=0.5,
     )
-    assert (summary.shards_written, summary.shards_skipped) == (1, 2)
+    assert (summary.shards_written, summary.shards_skipped) == (1, 3)
     assert_same_store(local_store[0], out)
+
+
+# -- R1 on Ray: the driver's whole job killed at random moments, then the same command again --
+def _markers(store):
+    folder = store / "progress"
+    return len(list(folder.glob("shard-*.json"))) if folder.is_dir() else 0
+
+
+def _ray_command(data_dir, address):
+    return [
+        sys.executable, "-m", "pipeline", "--data-dir", str(data_dir),
+        "extract", "mixed", "musicnn", "--engine", "ray", "--ray-address", address,
+        "--name", "killed", "--shard-size", "1", "--batch-size", "1", "--quiet",
+    ]  # fmt: skip
+
+
+def kill_and_resume(data_dir, address, kills, seed):
+    """Run the Ray extraction, SIGKILL its process group at ``kills`` random moments (each
+    while 1 or 2 more shards than before are done, plus 0–300 ms), then let it finish.
+    Returns the kill moments as (shards done, delay) pairs."""
+    rng = np.random.default_rng(seed)
+    store = data_dir / "cache" / "mixed" / "killed.zarr"
+    total = len(Manifest.read(data_dir / "manifests" / "mixed.parquet"))
+    moments = []
+    while len(moments) < kills:
+        target = min(_markers(store) + int(rng.integers(1, 3)), total - 1)
+        delay = float(rng.uniform(0.0, 0.3))
+        proc = subprocess.Popen(
+            _ray_command(data_dir, address),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and _markers(store) < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (store / "COMPLETE").exists(), f"run finished before kill {len(moments) + 1}"
+        moments.append((_markers(store), round(delay, 3)))
+    print(f"seed {seed}: killed at (shards done, delay s) {moments}")
+    return moments
+
+
+@pytest.fixture(scope="module")
+def killable(manifest, tmp_path_factory):
+    """A data folder holding the mixed manifest, and the local engine's uninterrupted store with
+    the settings of :func:`_ray_command`."""
+    data = tmp_path_factory.mktemp("killable")
+    manifest.write(data / "manifests" / "mixed.parquet")
+    reference = data / "cache" / "mixed" / "reference.zarr"
+    extract(
+        manifest,
+        create_teacher("musicnn"),
+        reference,
+        shard_size=1,
+        batch_size=1,
+        jobs=1,
+        progress=False,
+        max_failed_fraction=0.5,
+    )
+    return data, reference
+
+
+def _check_killed_store(data, reference, moments):
+    result = subprocess.run(
+        _ray_command(data, ray.get_runtime_context().gcs_address),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # complete, 2 of 12 clips failed
+    store = data / "cache" / "mixed" / "killed.zarr"
+    assert_same_store(reference, store)  # 0 clips lost or duplicated, same values
+    assert _markers(store) == len(read_store(store))
+    assert not [p for p in store.rglob("*") if p.name.endswith(".partial")]
+    assert moments
+
+
+def test_killed_ray_extraction_resumes_to_the_uninterrupted_store(cluster, killable):
+    data, reference = killable
+    moments = kill_and_resume(data, ray.get_runtime_context().gcs_address, kills=1, seed=1)
+    _check_killed_store(data, reference, moments)
+
+
+@pytest.mark.torture
+def test_five_kills_of_the_ray_engine(cluster, killable):
+    data, reference = killable
+    shutil.rmtree(data / "cache" / "mixed" / "killed.zarr", ignore_errors=True)
+    moments = kill_and_resume(data, ray.get_runtime_context().gcs_address, kills=5, seed=5)
+    _check_killed_store(data, reference, moments)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,9 +137,20 @@ def test_openmic_missing_audio_is_listed(tmp_path: Path) -> None:
     keys = write_openmic(tmp_path)["keys"]
     for key in keys[2:4]:
         (tmp_path / "audio" / key[:3] / f"{key}.ogg").unlink()
-    with pytest.raises(ManifestError, match="2 audio files do not exist") as err:
+    manifest = openmic(root=tmp_path)
+    assert manifest.clip_ids == keys[:2] + keys[4 : N_TRAIN + N_TEST]
+    assert [(r.clip_id, r.cause) for r in manifest.rejected] == [
+        (key, f"audio file does not exist: {tmp_path / 'audio' / key[:3] / f'{key}.ogg'}")
+        for key in keys[2:4]
+    ]
+
+
+def test_openmic_wrong_root_rejects_everything(tmp_path: Path) -> None:
+    write_openmic(tmp_path)
+    shutil.rmtree(tmp_path / "audio")
+    with pytest.raises(ManifestError, match="24 of 24 clips rejected") as err:
         openmic(root=tmp_path)
-    assert keys[2] in str(err.value) and keys[3] in str(err.value)
+    assert "audio file does not exist" in str(err.value)
 
 
 def test_openmic_partition_key_not_in_archive(tmp_path: Path) -> None:
@@ -288,9 +301,11 @@ def test_mtat_missing_annotations(tmp_path: Path) -> None:
 def test_mtat_missing_audio_is_listed(tmp_path: Path) -> None:
     write_mtat(tmp_path)
     (tmp_path / "mp3" / mtat_path(5)).unlink()
-    with pytest.raises(ManifestError, match="1 audio files do not exist") as err:
-        magnatagatune(root=tmp_path, top_k=3)
-    assert mtat_clip_id(5) in str(err.value) and mtat_path(5) in str(err.value)
+    manifest = magnatagatune(root=tmp_path, top_k=3)
+    assert mtat_clip_id(5) not in manifest.clip_ids and len(manifest) == 25
+    [rejected] = manifest.rejected
+    assert rejected.clip_id == mtat_clip_id(5)
+    assert rejected.cause == f"audio file does not exist: {tmp_path / 'mp3' / mtat_path(5)}"
 
 
 # ---------------------------------------------------------------- generic CSV
@@ -346,19 +361,104 @@ def test_csv_bad_label_values(tmp_path: Path) -> None:
 
 
 def test_csv_duplicate_ids(tmp_path: Path) -> None:
-    csv = write_csv(tmp_path, ["a,audio/a.wav,train,1,0", "a,audio/b.wav,test,0,1"])
-    with pytest.raises(ManifestError, match="duplicate clip IDs: 'a'"):
-        csv_table(csv=csv)
+    csv = write_csv(
+        tmp_path,
+        [
+            "a,audio/a.wav,train,1,0",
+            "b,audio/b.wav,valid,0,1",
+            "a,audio/b.wav,test,0,1",
+            "c,audio/c.wav,test,1,1",
+            "a,audio/c.wav,train,1,1",
+        ],
+    )
+    manifest = csv_table(csv=csv)
+    assert manifest.clip_ids == ["a", "b", "c"]
+    assert manifest.clips["path"].iloc[0] == str((tmp_path / "audio" / "a.wav").absolute())
+    assert [str(r) for r in manifest.rejected] == [
+        "a: duplicate clip ID: CSV line 4 repeats CSV line 2",
+        "a: duplicate clip ID: CSV line 6 repeats CSV line 2",
+    ]
 
 
-def test_csv_missing_paths(tmp_path: Path) -> None:
+def test_csv_missing_unreadable_and_empty_rows_are_left_out(tmp_path: Path) -> None:
+    csv = write_csv(
+        tmp_path,
+        [
+            "a,audio/a.wav,train,1,0",
+            "gone,audio/gone.wav,train,0,1",
+            "x,/no/such.wav,test,1,1",
+            "b,audio/b.wav,valid,0,0",
+            ",audio/c.wav,train,1,1",
+            "c,audio/c.wav,test,0,1",
+            "d,audio,train,0,0",  # a folder, not a file
+            "e,audio/a.wav,train,1,1",
+        ],
+    )
+    manifest = csv_table(csv=csv)
+    assert manifest.clip_ids == ["a", "b", "c", "e"]
+    gone = (tmp_path / "audio" / "gone.wav").absolute()
+    assert [(r.clip_id, r.cause) for r in manifest.rejected] == [
+        ("gone", f"audio file does not exist: {gone} (CSV line 3)"),
+        ("x", "audio file does not exist: /no/such.wav (CSV line 4)"),
+        ("", "empty clip ID (CSV line 6)"),
+        ("d", f"audio file does not exist: {(tmp_path / 'audio').absolute()} (CSV line 8)"),
+    ]
+    assert str(manifest.rejected[2]).startswith("<empty clip ID>: ")
+    table = pd.read_csv(manifest.write_rejected(tmp_path / "r.csv"), keep_default_na=False)
+    assert table.columns.tolist() == ["clip_id", "path", "cause"]
+    assert table["clip_id"].tolist() == ["gone", "x", "", "d"]
+    assert table["path"].iloc[1] == "/no/such.wav"
+    np.testing.assert_array_equal(manifest.labels(), [[1, 0], [0, 0], [0, 1], [1, 1]])
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root reads files whatever their permissions (test_reliability.py's R3 test covers "
+    "this case, as root without CAP_DAC_OVERRIDE)",
+)
+def test_csv_unreadable_audio_is_left_out(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path, ["a,audio/a.wav,train,1,0", "b,audio/b.wav,test,0,1"])
+    csv.write_text(csv.read_text() + "c,audio/c.wav,valid,1,1\n")
+    (tmp_path / "audio" / "b.wav").chmod(0)
+    manifest = csv_table(csv=csv)
+    assert manifest.clip_ids == ["a", "c"]
+    [rejected] = manifest.rejected
+    assert rejected.cause.startswith("audio file is not readable (permission denied)")
+
+
+def test_csv_more_than_half_rejected_is_an_error(tmp_path: Path) -> None:
     csv = write_csv(
         tmp_path,
         ["a,audio/a.wav,train,1,0", "gone,audio/gone.wav,train,0,1", "x,/no/such.wav,test,1,1"],
     )
-    with pytest.raises(ManifestError, match="2 audio files do not exist") as err:
+    with pytest.raises(ManifestError, match="2 of 3 clips rejected") as err:
         csv_table(csv=csv)
-    assert "gone" in str(err.value) and "/no/such.wav" in str(err.value)
+    assert "gone: audio file does not exist" in str(err.value) and "/no/such.wav" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ('a,audio/a.wav,train,1,0\n"b,audio/b.wav,test,0,1\n', r"line 3: malformed CSV \(a quoted"),
+        (
+            "a,audio/a.wav,train,1,0\nb,audio/b.wav,test,0,1,1\n",
+            "line 3: 6 fields, the header has 5",
+        ),
+        ("a,audio/a.wav,train,1,0\nb,audio/b.wav,test\n", "line 3: 3 fields, the header has 5"),
+        ('a,audio/a.wav,train,1,0\n"b\nc",audio/b.wav\n', "line 3: 2 fields.*runs on to line 4"),
+        ("a,audio/a.wav,train,1,0\n\nMot\xf6rhead,audio/b.wav,test,0,1\n", "line 4: not UTF-8"),
+        ("", "is empty"),
+        (None, "a header but no clip rows"),
+    ],
+)
+def test_csv_malformed_names_file_and_line(tmp_path: Path, text: str | None, problem: str) -> None:
+    csv = write_csv(tmp_path, [])
+    if text is not None:
+        header = "clip_id,path,split,piano,voice\n" if text else ""
+        csv.write_bytes((header + text).encode("latin-1"))
+    with pytest.raises(ManifestError, match=problem) as err:
+        csv_table(csv=csv)
+    assert str(csv) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_csv_unknown_split(tmp_path: Path) -> None:

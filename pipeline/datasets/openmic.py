@@ -8,6 +8,9 @@ Expected under ``root`` (the unpacked release)::
     partitions/split01_test.csv
     audio/<key[:3]>/<key>.ogg
 
+Audio files that are missing or unreadable are left out of the manifest and listed (see
+:func:`pipeline.manifest.make_manifest`).
+
 Labels: a label is known where ``Y_mask`` is True and ``Y_true`` != 0.5; known labels are
 ``Y_true > 0.5``. Keys listed in neither partition file are left out of the manifest.
 
@@ -20,6 +23,7 @@ lines in the partition file.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +99,13 @@ def _load_labels(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         raise ManifestError(
             f"openmic: {path}: sample_key {len(keys)}, Y_true {y_true.shape} and Y_mask "
             f"{y_mask.shape} do not line up"
+        )
+    # A key twice in the archive has two label rows and no way to tell the right one: the
+    # archive is damaged, unlike a clip whose audio is missing (left out and listed).
+    repeated = sorted(k for k, count in Counter(keys).items() if count > 1)
+    if repeated:
+        raise ManifestError(
+            f"openmic: duplicate clip IDs in {path} sample_key: {listing(repeated)}"
         )
     return keys, y_true, y_mask
 
