@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -114,6 +116,15 @@ def _decode(
     return out
 
 
+def _die_with_parent() -> None:
+    """Run in each decode worker: the kernel kills it when the extracting process dies, even
+    by SIGKILL; otherwise it would idle until the pool's 300 s timeout (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _decoded(
     tasks: Iterable[tuple[Any, ...]], jobs: int, ahead: int
 ) -> Iterator[list[np.ndarray | str]]:
@@ -129,7 +140,7 @@ def _decoded(
         return
     # joblib's own reusable worker pool, the one its Parallel shares (idle workers exit after
     # 300 s); a pool of another class would clash with Parallel's in the same process.
-    executor = get_memmapping_executor(jobs, timeout=300)
+    executor = get_memmapping_executor(jobs, timeout=300, initializer=_die_with_parent)
     pending = deque(executor.submit(_decode, *task) for task in islice(tasks, ahead))
     try:
         while pending:

@@ -458,13 +458,18 @@ class ClipStore:
             t = min(len(array), self.max_frames)
             block[i, :t] = array[:t]
             n_frames[i] = t
-        self._group["data"][plan.start : plan.stop] = block
-        self._group["n_frames"][plan.start : plan.stop] = n_frames
-        self.__dict__.pop("n_frames", None)  # cached by readers of this object
-        if self._reader is not None:
-            self._reader.forget()
         marker = {"rows": [plan.start, plan.stop], "failures": failures}
-        _write_atomic(self._marker(shard), json.dumps(marker, ensure_ascii=False))
+        try:
+            self._group["data"][plan.start : plan.stop] = block
+            self._group["n_frames"][plan.start : plan.stop] = n_frames
+            self.__dict__.pop("n_frames", None)  # cached by readers of this object
+            if self._reader is not None:
+                self._reader.forget()
+            _write_atomic(self._marker(shard), json.dumps(marker, ensure_ascii=False))
+        except OSError as err:  # e.g. a full disk: say which shard stays to be done
+            raise OSError(
+                err.errno, f"{err.strerror or err}, in shard {shard}", err.filename
+            ) from err
 
     def mark_complete(self, summary: dict[str, Any]) -> None:
         missing = sorted(set(range(len(self.shards()))) - self.done_shards())
@@ -618,7 +623,13 @@ def open_store(
             orphan.unlink()
         return store
 
-    group = zarr.open_group(path, mode="w")
+    # Built under another name and renamed into place, so a run killed meanwhile leaves no
+    # half-made store that later runs would take for one.
+    building = path.with_name(path.name + ".partial")
+    for leftover in (building, path):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    group = zarr.open_group(building, mode="w")
     n = len(clip_ids)
     group.create_array(
         "data",
@@ -639,8 +650,9 @@ def open_store(
             "layout": layout,
         }
     )
-    (path / "progress").mkdir(exist_ok=True)
-    return ClipStore(path, group)
+    (building / "progress").mkdir(exist_ok=True)
+    os.replace(building, path)
+    return ClipStore(path, zarr.open_group(path, mode="r+"))
 
 
 def open_for_writing(path: str | os.PathLike, fingerprint: dict[str, Any]) -> ClipStore:

@@ -393,12 +393,6 @@ def test_r1_torture_many_kills(corpora, tmp_path, engine, jobs, reliability_figu
 
 
 @pytest.mark.torture
-@pytest.mark.xfail(
-    strict=True,
-    reason="joblib's loky decode workers (and its resource trackers) outlive a SIGKILL'd "
-    "extraction until their 300 s idle timeout; needs the extract.py change in the "
-    "reliability report (the workers ask for PR_SET_PDEATHSIG)",
-)
 def test_r1_torture_decode_workers_die_with_a_killed_run(corpora):
     corpus = corpora(FAST_CLIPS)
     store = corpus.store("workers")
@@ -521,12 +515,6 @@ def test_r1_kill_inside_a_shard_data_write(corpora, reliability_figures):
     reliability_figures.append(_kill_at(corpora(FAST_CLIPS), "data", 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_store builds a new store in place: a kill before its attributes are written "
-    "leaves a store without a fingerprint that no rerun can open (KeyError); needs the "
-    "store.py change in the reliability report (build in <name>.zarr.partial, then rename)",
-)
 def test_r1_kill_while_the_store_is_created(corpora):
     _kill_at(corpora(FAST_CLIPS), "create", 0)
 
@@ -950,11 +938,6 @@ def test_r5_torture_disk_full_at_other_writes(corpora, what, reliability_figures
 
 
 @pytest.mark.torture
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shard number of a failed write is known only inside ClipStore.write_shard; "
-    "needs the store.py change in the reliability report",
-)
 def test_r5_disk_full_message_names_the_shard(corpora):
     corpus = corpora(FAST_CLIPS)
     args = extract_args(corpus.dataset, "full-named")
