@@ -200,6 +200,27 @@ def _batches(
             yield plan.index, start, min(start + batch_size, plan.stop)
 
 
+def open_encoder_store(
+    manifest: Manifest,
+    teacher: Encoder,
+    out: str | os.PathLike,
+    shard_size: int,
+    max_duration_s: float | None,
+    overwrite: bool,
+) -> ClipStore:
+    """Create (or reopen to resume) the store ``teacher`` fills for ``manifest``."""
+    return open_store(
+        out,
+        fingerprint=teacher.fingerprint(),
+        clip_ids=manifest.clip_ids,
+        dim=teacher.dim,
+        max_frames=max_frames_for(manifest, teacher, max_duration_s),
+        shard_size=shard_size,
+        compression=getattr(teacher, "store_compression", "zstd"),
+        overwrite=overwrite,
+    )
+
+
 def max_frames_for(manifest: Manifest, teacher: Encoder, max_duration_s: float | None) -> int:
     durations = manifest.clips["duration_s"].to_numpy(dtype=float)
     if np.isnan(durations).all():
@@ -236,16 +257,7 @@ def extract(
     """
     started = time.perf_counter()
     clip_ids = manifest.clip_ids
-    store = open_store(
-        out,
-        fingerprint=teacher.fingerprint(),
-        clip_ids=clip_ids,
-        dim=teacher.dim,
-        max_frames=max_frames_for(manifest, teacher, max_duration_s),
-        shard_size=shard_size,
-        compression=getattr(teacher, "store_compression", "zstd"),
-        overwrite=overwrite,
-    )
+    store = open_encoder_store(manifest, teacher, out, shard_size, max_duration_s, overwrite)
     shards = store.shards()
     done = store.done_shards()
     todo = [p.index for p in shards if p.index not in done]

@@ -32,11 +32,11 @@ from pipeline.extract import (
     _decode,
     embed_shard,
     finish,
-    max_frames_for,
+    open_encoder_store,
     write_results,
 )
 from pipeline.manifest import Manifest
-from pipeline.store import open_for_writing, open_store
+from pipeline.store import open_for_writing
 
 
 def _import_ray():
@@ -168,16 +168,7 @@ def extract_ray(
         teacher = create_teacher(teacher_name, device="cpu", **options)
     fingerprint = teacher.fingerprint()
     clip_ids = manifest.clip_ids
-    store = open_store(
-        out,
-        fingerprint=fingerprint,
-        clip_ids=clip_ids,
-        dim=teacher.dim,
-        max_frames=max_frames_for(manifest, teacher, max_duration_s),
-        shard_size=shard_size,
-        compression=getattr(teacher, "store_compression", "zstd"),
-        overwrite=overwrite,
-    )
+    store = open_encoder_store(manifest, teacher, out, shard_size, max_duration_s, overwrite)
     shards = store.shards()
     done = store.done_shards()
     todo = [p for p in shards if p.index not in done]
