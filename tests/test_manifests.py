@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import soundfile as sf
 from pipeline.datasets import build_manifest
 from pipeline.datasets.csv_table import csv_table
 from pipeline.datasets.magnatagatune import magnatagatune
-from pipeline.datasets.openmic import openmic
+from pipeline.datasets.openmic import openmic, validation_keys
 from pipeline.manifest import Manifest, ManifestError
 
 SILENCE = np.zeros(1600, dtype=np.float32)  # 0.1 s at 16 kHz
@@ -87,7 +88,8 @@ def test_openmic_labels_splits_and_round_trip(tmp_path: Path) -> None:
     keys = release["keys"]
     assert manifest.clip_ids == keys[: N_TRAIN + N_TEST]  # the unpartitioned key is left out
     counts = manifest.clips["split"].value_counts().to_dict()
-    assert counts == {"train": 17, "valid": 3, "test": 4}  # round(0.15 * 20) = 3
+    # Random(2022)'s draws below 0.15 among the first 20 fall at positions 3 and 15.
+    assert counts == {"train": 18, "valid": 2, "test": 4}
     assert set(manifest.split("test").clip_ids) == set(release["test"])
 
     y_true, y_mask = release["y_true"][: N_TRAIN + N_TEST], release["y_mask"][: N_TRAIN + N_TEST]
@@ -111,16 +113,34 @@ def test_openmic_valid_split_is_deterministic(tmp_path: Path) -> None:
         return set(openmic(root=tmp_path, **options).split("valid").clip_ids)
 
     chosen = valid_keys()
-    assert chosen <= set(release["train"]) and len(chosen) == 3
-    assert valid_keys() == chosen
+    train = release["train"]
+    # One draw per training key in archive order: positions 3 and 15 fall below 0.15.
+    assert chosen == {train[3], train[15]}
     assert valid_keys(seed=2022) == chosen
     assert valid_keys(seed=7) != chosen
     assert valid_keys(valid_fraction=0.0) == set()
 
     # The split does not depend on the order of lines in the partition file.
     partition = tmp_path / "partitions/split01_train.csv"
-    partition.write_text("".join(f"{k}\n" for k in reversed(release["train"])))
+    partition.write_text("".join(f"{k}\n" for k in reversed(train)))
     assert valid_keys() == chosen
+
+
+# Positions (in the sorted split01 train list of 14,915 keys) of the 2,223 keys of the official
+# EAsT validation list openmic_valid.json: their count and the sha256 of "p0,p1,...".
+OFFICIAL_VALID_COUNT = 2223
+OFFICIAL_VALID_POSITIONS_SHA256 = "6869f138df64be68f59d91a6381f9688e47b8c3f2b4d4f2063c5d46187e8f1f8"
+
+
+def test_openmic_validation_keys_match_the_official_list() -> None:
+    # The draws depend on positions only, so 14,915 stand-in keys select the same positions.
+    keys = [f"{i:06d}_0" for i in range(14_915)]
+    chosen = validation_keys(keys)
+    positions = sorted(int(key[:6]) for key in chosen)
+    assert len(positions) == OFFICIAL_VALID_COUNT
+    digest = hashlib.sha256(",".join(map(str, positions)).encode()).hexdigest()
+    assert digest == OFFICIAL_VALID_POSITIONS_SHA256
+    assert positions[:8] == [3, 15, 22, 25, 28, 29, 30, 34]
 
 
 @pytest.mark.parametrize(

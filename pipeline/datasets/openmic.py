@@ -14,15 +14,18 @@ Audio files that are missing or unreadable are left out of the manifest and list
 Labels: a label is known where ``Y_mask`` is True and ``Y_true`` != 0.5; known labels are
 ``Y_true > 0.5``. Keys listed in neither partition file are left out of the manifest.
 
-Validation split: the train partition's keys are sorted, permuted with
-``numpy.random.default_rng(seed).permutation`` and the first ``round(valid_fraction * n_train)``
-of that permutation become "valid". Sorting first makes the split independent of the order of
-lines in the partition file.
+Validation split: the paper's procedure, exactly. One ``random.Random(seed)`` (Python's Mersenne
+Twister, seed 2022) draws ``uniform(0, 1)`` once per training key, in the archive's
+``sample_key`` order (sorted in the release); a draw below ``valid_fraction`` (0.15) moves the key
+to "valid". Test keys consume no draws. On split01 this selects 2,223 of the 14,915 training keys,
+the same keys as the official EAsT list (``openmic_valid.json``); the count is random, not
+``round(0.15 * 14915)``. The order of lines in the partition file does not matter.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -55,9 +58,7 @@ def openmic(*, root: Path, valid_fraction: float = 0.15, seed: int = 2022, **_: 
     classes = _load_classes(root / CLASS_MAP_NAME, n_columns=y_true.shape[1])
     train = _read_partition(root / TRAIN_PARTITION)
     test = _read_partition(root / TEST_PARTITION)
-    split_of = _assign_splits(
-        train, test, known=set(keys), valid_fraction=valid_fraction, seed=seed
-    )
+    split_of = _assign_splits(train, test, keys=keys, valid_fraction=valid_fraction, seed=seed)
 
     rows = [i for i, key in enumerate(keys) if key in split_of]
     kept = [keys[i] for i in rows]
@@ -129,20 +130,36 @@ def _read_partition(path: Path) -> list[str]:
     return [key for key in (line.strip() for line in lines) if key]
 
 
+def validation_keys(train_keys: list[str], *, fraction: float = 0.15, seed: int = 2022) -> set[str]:
+    """The training keys held out for validation by the paper's procedure.
+
+    Parameters
+    ----------
+    train_keys : training keys in the archive's order (one draw each, in this order)
+    fraction : probability of a key going to validation
+    seed : seed of the ``random.Random`` generator
+
+    Returns
+    -------
+    set of str -- the keys whose draw ``uniform(0, 1)`` fell below ``fraction``
+    """
+    draws = random.Random(seed)
+    return {key for key in train_keys if draws.uniform(0.0, 1.0) < fraction}
+
+
 def _assign_splits(
-    train: list[str], test: list[str], *, known: set[str], valid_fraction: float, seed: int
+    train: list[str], test: list[str], *, keys: list[str], valid_fraction: float, seed: int
 ) -> dict[str, str]:
     """Map every partitioned key to train / valid / test (see the module docstring)."""
     both = sorted(set(train) & set(test))
     if both:
         raise ManifestError(f"openmic: keys in both train and test partitions: {listing(both)}")
-    unknown = sorted((set(train) | set(test)) - known)
+    unknown = sorted((set(train) | set(test)) - set(keys))
     if unknown:
         raise ManifestError(f"openmic: partition keys absent from {NPZ_NAME}: {listing(unknown)}")
-    train_keys = sorted(set(train))
-    order = np.random.default_rng(seed).permutation(len(train_keys))
-    n_valid = round(valid_fraction * len(train_keys))
-    valid = {train_keys[i] for i in order[:n_valid]}
+    in_train = set(train)
+    train_keys = [key for key in keys if key in in_train]
+    valid = validation_keys(train_keys, fraction=valid_fraction, seed=seed)
     split_of = {key: "valid" if key in valid else "train" for key in train_keys}
     split_of.update(dict.fromkeys(test, "test"))
     return split_of
