@@ -1,54 +1,108 @@
 """Receptive-field-regularised CP ResNet (Koutini et al.), the OpenMIC student of EAsT.
 
-Layout (base channels 128)::
+The network is the one the EAsT authors trained: with ``rho = 7``, 128 base channels and
+20 classes it has exactly 5 534 612 trainable parameters. Layout (``B`` base channels)::
 
-    stem   5×5 conv, stride 2 + BN + ReLU                        128 ch
-    stage1 4 BasicBlocks, 2×2 max-pool after blocks 1, 2 and 4   128 ch
-    stage2 4 BasicBlocks                                         256 ch
-    stage3 4 BasicBlocks                                         512 ch
-    head   1×1 conv to n_classes, global average pooling
+    stem    5×5 conv, stride 2, padding 2, no bias + BN + ReLU        B ch   (128 mels → 64)
+    stage 1 4 BasicBlocks, 2×2 max-pool after blocks 1, 2 and 4        B ch   (64 → 8 bins)
+    stage 2 4 BasicBlocks                                              2B ch
+    stage 3 4 BasicBlocks                                              4B ch
+    head    mean over frequency and time → Linear(4B, n_classes)
 
-Receptive-field rule. The 24 convs of the 12 blocks are numbered 1..24 in order (the stem and
-the 1×1 shortcuts are not counted). Conv ``i`` gets a 3×3 kernel if ``i <= rho + 5`` and a 1×1
-kernel otherwise, so every step of ``rho`` turns one more conv into 3×3 and widens the receptive
-field. With the default ``rho = 7`` the 12 convs of stage 1 and of the first two blocks of
-stage 2 are 3×3: 5 665 684 parameters with 20 classes (receptive field 235 bins), within 3 % of
-the paper's ≈ 5.5 M; an offset of 4 would give 5.14 M. The official CP-ResNet also decides
-3×3 versus 1×1 per conv from an index compared with rho, but its tables are not reproduced here;
-the offset 5 is chosen to match the paper's parameter count.
+A BasicBlock is ``conv(k1) → BN → ReLU → conv(k2) → BN``, added to a shortcut (1×1 conv + BN
+where the width changes, the identity otherwise) and followed by a ReLU. All convs have stride 1
+and padding ``k // 3``; since every block kernel is 1×1 or 3×3 they keep the map size, so only
+the stem and the three pools shrink it: ``T`` frames give ``((T - 1) // 2 + 1) // 8`` feature
+frames (62 for both 1000 and 1001).
 
-Head. A 1×1 conv followed by global average pooling equals averaging first and then applying a
-linear layer, so the head is a ``nn.Linear`` on the time-average of the frequency-averaged
-features: the same function and parameter count as CP ResNet's head, reusing ``features``.
+Receptive-field rule. Every block conv is square, either 3×3 or 1×1. Each conv has a threshold
+in :data:`THREE_BY_THREE_FROM`: it is 3×3 exactly when ``rho`` reaches that threshold. The
+first conv of stage 1 is always 3×3; the second convs of the first blocks of stages 1 and 2 are
+always 1×1. Thresholds 1 to 6 widen the later blocks of stage 1 (and, at 2, 4 and 6, the
+second convs of the later blocks of stage 2), 7 to 13 the first convs of stage 2 (odd values
+only) and 15 to 22 stage 3. A larger ``rho`` never narrows a conv, so the receptive field never
+shrinks as ``rho`` grows; from 22 on, all convs but the two fixed 1×1 ones are 3×3. At
+``rho = 7`` the (k1, k2) pairs are::
+
+    stage 1: (3, 1) (3, 3) (3, 3) (3, 3)
+    stage 2: (3, 1) (1, 3) (1, 3) (1, 3)
+    stage 3: (1, 1) (1, 1) (1, 1) (1, 1)
+
+and one feature frame sees 231 × 231 input bins (:meth:`CPResNet.receptive_field`).
+
+Initialisation. Every conv is first drawn Kaiming-normal (fan-in, ReLU gain); BN scales are 1
+and shifts 0, the linear bias is 0. Then each block is rescaled in the manner of Fixup: its
+first conv is drawn from N(0, L^-1/2 · sqrt(2 / n)) with ``n = k1 · k1 · out_channels`` and
+``L`` the number of residual blocks of *this* model (12), its second conv is set to zero (so
+each block starts as its shortcut) and a shortcut conv is drawn from N(0, sqrt(2 / out_channels)).
+``L`` depends on the model only: building several models in one process gives each the same
+scale.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
 from pipeline.students import Student, register_student
 
-N_STAGE_BLOCKS = 4
 STEM_KERNEL = 5
 STEM_STRIDE = 2
-STEM_PADDING = 1
+STEM_PADDING = 2
+BLOCKS_PER_STAGE = 4
+STAGE_WIDTHS = (1, 2, 4)  # multiples of base_channels
 POOL_AFTER_STAGE1_BLOCKS = (1, 2, 4)
-RHO_OFFSET = 5
+POOL_SIZE = 2
+
+_ALWAYS = -math.inf
+_NEVER = math.inf
+
+# Smallest rho at which each block conv is 3×3 instead of 1×1, as (k1, k2) per block and stage.
+THREE_BY_THREE_FROM: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((_ALWAYS, _NEVER), (1, 2), (3, 4), (5, 6)),
+    ((7, _NEVER), (9, 2), (11, 4), (13, 6)),
+    ((15, 16), (17, 18), (19, 20), (21, 22)),
+)
 
 
-def kernel_sizes(rho: int) -> list[int]:
-    """Kernel size of each of the 24 block convs, in order, under the rho rule."""
-    return [3 if i <= rho + RHO_OFFSET else 1 for i in range(1, 3 * N_STAGE_BLOCKS * 2 + 1)]
+def block_kernels(rho: int) -> list[list[tuple[int, int]]]:
+    """Kernel sizes (k1, k2) of every block under the receptive-field rule.
+
+    Parameters
+    ----------
+    rho : int
+        The receptive-field parameter; larger values turn more convs into 3×3.
+
+    Returns
+    -------
+    kernels : list of list of (int, int)
+        ``kernels[stage][block]`` for the three stages of four blocks each.
+
+    Examples
+    --------
+    >>> block_kernels(7)[1]
+    [(3, 1), (1, 3), (1, 3), (1, 3)]
+    """
+    return [
+        [(3 if rho >= t1 else 1, 3 if rho >= t2 else 1) for t1, t2 in stage]
+        for stage in THREE_BY_THREE_FROM
+    ]
+
+
+def _conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
 
 
 class BasicBlock(nn.Module):
-    """Two conv-BN layers with a residual connection (1×1 conv shortcut on a width change)."""
+    """Two conv-BN layers added to a shortcut, with padding ``k // 3`` and stride 1."""
 
     def __init__(self, in_channels: int, out_channels: int, k1: int, k2: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, k1, padding=k1 // 2, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, k1, padding=k1 // 3, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, k2, padding=k2 // 2, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, k2, padding=k2 // 3, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
@@ -63,66 +117,138 @@ class BasicBlock(nn.Module):
         y = self.bn2(self.conv2(y))
         return self.relu(y + self.shortcut(x))
 
+    @torch.no_grad()
+    def fixup_(self, n_blocks: int) -> None:
+        """Rescale this block's convs for a network of ``n_blocks`` residual blocks."""
+        k_h, k_w = self.conv1.kernel_size
+        fan = k_h * k_w * self.conv1.out_channels
+        self.conv1.weight.normal_(0.0, n_blocks**-0.5 * math.sqrt(2.0 / fan))
+        self.conv2.weight.zero_()
+        if isinstance(self.shortcut, nn.Sequential):
+            conv = self.shortcut[0]
+            k_h, k_w = conv.kernel_size
+            conv.weight.normal_(0.0, math.sqrt(2.0 / (k_h * k_w * conv.out_channels)))
+
 
 class CPResNet(Student):
-    """CP ResNet on (N, n_mels, T) log-mels; see the module docstring for the rho rule."""
+    """CP ResNet on (N, n_mels, T) log-mels.
+
+    Parameters
+    ----------
+    n_classes : int
+        Width of the logits.
+    n_mels : int
+        Mel bands of the input; at least 15, so that the stem and the three pools leave one
+        frequency bin.
+    rho : int
+        Receptive-field parameter (see the module docstring); 7 in the paper.
+    base_channels : int
+        Width of stage 1; stages 2 and 3 are twice and four times as wide.
+    """
 
     def __init__(
         self, *, n_classes: int, n_mels: int, rho: int = 7, base_channels: int = 128
     ) -> None:
         super().__init__()
+        if base_channels < 1:
+            raise ValueError(f"cp_resnet: base_channels must be at least 1, got {base_channels}")
         self.n_classes = n_classes
         self.n_mels = n_mels
         self.rho = rho
-        widths = [base_channels, 2 * base_channels, 4 * base_channels]
-        self.feature_dim = widths[-1]
-        self.kernel_sizes = kernel_sizes(rho)
+        self.base_channels = base_channels
+        self.kernels = block_kernels(rho)
+        self.feature_dim = STAGE_WIDTHS[-1] * base_channels
 
         self.stem = nn.Sequential(
-            nn.Conv2d(1, base_channels, STEM_KERNEL, STEM_STRIDE, padding=STEM_PADDING, bias=False),
+            nn.Conv2d(1, base_channels, STEM_KERNEL, STEM_STRIDE, STEM_PADDING, bias=False),
             nn.BatchNorm2d(base_channels),
             nn.ReLU(inplace=True),
         )
-        layers: list[nn.Module] = []
-        kernels = iter(self.kernel_sizes)
+        stages: list[nn.Module] = []
         in_channels = base_channels
-        for stage, width in enumerate(widths, start=1):
-            for block in range(1, N_STAGE_BLOCKS + 1):
-                layers.append(BasicBlock(in_channels, width, next(kernels), next(kernels)))
+        for index, (multiple, kernels) in enumerate(zip(STAGE_WIDTHS, self.kernels, strict=True)):
+            width = multiple * base_channels
+            layers: list[nn.Module] = []
+            for block, (k1, k2) in enumerate(kernels, start=1):
+                layers.append(BasicBlock(in_channels, width, k1, k2))
                 in_channels = width
-                if stage == 1 and block in POOL_AFTER_STAGE1_BLOCKS:
-                    layers.append(nn.MaxPool2d(2))
-        self.body = nn.Sequential(*layers)
+                if index == 0 and block in POOL_AFTER_STAGE1_BLOCKS:
+                    layers.append(nn.MaxPool2d(POOL_SIZE))
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(self.feature_dim, n_classes)
 
+        if self._reduce(n_mels) < 1:
+            raise ValueError(
+                f"cp_resnet: n_mels={n_mels} leaves no frequency bin after the stem and pools; "
+                "use at least 15 mel bands"
+            )
+        self.reset_parameters()
+
+    @property
+    def n_blocks(self) -> int:
+        """Residual blocks in this model (the ``L`` of the Fixup scaling)."""
+        return sum(isinstance(m, BasicBlock) for m in self.modules())
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Kaiming-normal convs, unit BN, zero linear bias, then the per-block Fixup scaling."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        n_blocks = self.n_blocks
+        for module in self.modules():
+            if isinstance(module, BasicBlock):
+                module.fixup_(n_blocks)
+
     def forward_features(self, mel: Tensor) -> Tensor:
-        x = self.body(self.stem(mel.unsqueeze(1)))  # (N, C, F', T_s)
+        x = self.stages(self.stem(mel.unsqueeze(1)))  # (N, C, F', T_s)
         return x.mean(dim=2).transpose(1, 2)
 
     def forward_head(self, features: Tensor) -> Tensor:
+        # Every time step averages the same number of frequency bins, so the mean over time of
+        # the frequency means is the mean over the whole last-stage map.
         return self.head(features.mean(dim=1))
 
+    def _layers(self) -> list[tuple[int, int, int]]:
+        """(kernel, stride, padding) of the main path, in order, along either axis."""
+        conv = self.stem[0]
+        layers = [(conv.kernel_size[0], conv.stride[0], conv.padding[0])]
+        for stage in self.stages:
+            for layer in stage:
+                if isinstance(layer, BasicBlock):
+                    for c in (layer.conv1, layer.conv2):
+                        layers.append((c.kernel_size[0], c.stride[0], c.padding[0]))
+                else:
+                    layers.append((POOL_SIZE, POOL_SIZE, 0))
+        return layers
+
+    def _reduce(self, size: int) -> int:
+        for kernel, stride, padding in self._layers():
+            size = _conv_size(size, kernel, stride, padding)
+        return size
+
     def frames_out(self, n_frames: int) -> int:
-        t = (n_frames + 2 * STEM_PADDING - STEM_KERNEL) // STEM_STRIDE + 1
-        return t // 2 ** len(POOL_AFTER_STAGE1_BLOCKS)
+        return max(self._reduce(n_frames), 0)
 
-    def receptive_field(self) -> int:
-        """Receptive field (in input bins, along either axis) of one last-stage output."""
-        rf, jump = STEM_KERNEL, STEM_STRIDE
-        for layer in self.body:
-            if isinstance(layer, BasicBlock):
-                for conv in (layer.conv1, layer.conv2):
-                    rf += (conv.kernel_size[0] - 1) * jump
-            else:
-                rf += jump
-                jump *= 2
-        return rf
+    def receptive_field(self) -> tuple[int, int]:
+        """Input (mel bins, frames) that one last-stage output depends on.
 
-
-def _build(**kwargs: int) -> CPResNet:
-    return CPResNet(**kwargs)
+        The convs and pools are square, so both numbers are equal; 231 at ``rho = 7``.
+        """
+        field, jump = 1, 1
+        for kernel, stride, _ in self._layers():
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field, field
 
 
 @register_student("cp_resnet")
 def cp_resnet(**kwargs: int) -> CPResNet:
-    return _build(**kwargs)
+    """CP ResNet student; options ``rho`` (default 7) and ``base_channels`` (default 128)."""
+    return CPResNet(**kwargs)
