@@ -1,8 +1,10 @@
 """Log-mel front ends of the students, as named presets.
 
-A front end turns mono waveforms into normalised log-mel spectrograms::
+A front end turns mono waveforms into normalised log-mel spectrograms, as EAsT's (and PaSST's)
+front end does::
 
-    waveform → pre-emphasis → |STFT|^power (centred frames, reflect padding) → mel filterbank
+    waveform → pre-emphasis (one sample shorter) → |STFT|^power (symmetric Hann window, centred
+             frames, reflect padding) → Kaldi mel filterbank
              → (log(mel + log_offset) + norm_shift) / norm_scale
 
 :class:`MelSpectrogram` is a ``torch.nn.Module`` (usable on any device in a training loop or for
@@ -12,6 +14,9 @@ prediction). :class:`MelFrontEnd` wraps it with the interface of a stage-one enc
 store exactly as it caches teacher embeddings::
 
     extract(manifest, MelFrontEnd("cp_resnet"), "data/cache/<dataset>/mel-cp_resnet.zarr")
+
+The filterbank, and the warp of cached log-mels to jittered band limits that training applies,
+are in :mod:`pipeline.melbanks`.
 
 This module imports neither the teachers nor the store, so training never needs them.
 """
@@ -25,14 +30,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import librosa
 import numpy as np
 import torch
 from torch import nn
 
 import pipeline
+from pipeline.melbanks import hz_to_mel, kaldi_mel_filterbank
 
 _INT_FIELDS = ("sample_rate_hz", "n_fft", "win_length", "hop_length", "n_mels")
+# What the code computes beyond MelConfig's numbers; in the fingerprint, so that a run trained on
+# spectrograms of another recipe (librosa's Slaney filters before) is reported as changed.
+RECIPE = "kaldi mel filterbank, symmetric hann window, valid pre-emphasis"
 
 
 @dataclass(frozen=True)
@@ -43,13 +51,14 @@ class MelConfig:
     ----------
     sample_rate_hz : int > 0 -- rate of the input waveforms
     n_fft : int > 0 -- FFT size in samples (n_fft // 2 + 1 frequency bins)
-    win_length : int, 0 < win_length <= n_fft -- Hann window length in samples, centred in the
-        n_fft frame
+    win_length : int, 0 < win_length <= n_fft -- symmetric Hann window length in samples,
+        centred in the n_fft frame
     hop_length : int > 0 -- samples between frame centres
-    n_mels : int > 0 -- mel bands (Slaney scale and area normalisation, librosa's defaults)
+    n_mels : int > 3 -- mel bands (Kaldi's filterbank: HTK mel scale, triangles of peak 1)
     f_min_hz, f_max_hz : float, 0 <= f_min_hz < f_max_hz <= sample_rate_hz / 2 -- band limits
-    preemphasis : float in [0, 1) or None -- coefficient a of y[n] = x[n] - a·x[n-1];
-        None or 0 for none (0 is stored as None)
+        in Hz: the outer edges of the lowest and the highest triangle
+    preemphasis : float in [0, 1) or None -- coefficient a of y[n] = x[n + 1] - a·x[n] (one
+        sample shorter than x); None or 0 for none (0 is stored as None)
     log_offset : float > 0 -- added to the mel power before the natural log
     norm_shift, norm_scale : float, norm_scale > 0 -- output = (log(...) + shift) / scale
     power : float > 0 -- exponent of the STFT magnitude (2 = power spectrogram)
@@ -102,6 +111,15 @@ class MelConfig:
         """Seconds between frames."""
         return self.hop_length / self.sample_rate_hz
 
+    @property
+    def zero_log_mel(self) -> float:
+        """The normalised value of a log-mel of 0: norm_shift / norm_scale.
+
+        EAsT's SpecAugment masks with 0 before the normalisation; on normalised log-mels the
+        same masks are filled with this value (3.7 / 3.1 for the presets).
+        """
+        return self.norm_shift / self.norm_scale
+
 
 FRONTENDS: dict[str, MelConfig] = {
     # CP-ResNet student (Koutini et al.): 32 kHz, 25 ms window, 10 ms hop, 128 bands.
@@ -118,8 +136,8 @@ FRONTENDS: dict[str, MelConfig] = {
         norm_shift=3.7,
         norm_scale=3.1,
     ),
-    # Mobile FCN student: 16 kHz, 50 ms window, 20 ms hop, 96 bands. The paper does not state a
-    # normalisation for this student; the CP-ResNet one is used, as is its pre-emphasis.
+    # Mobile FCN student (MagnaTagATune): 16 kHz, 50 ms window, 20 ms hop, 96 bands; the rest as
+    # CP-ResNet's, as in EAsT's code.
     "mobile_fcn": MelConfig(
         sample_rate_hz=16_000,
         n_fft=1024,
@@ -151,34 +169,97 @@ def frontend_config(name: str) -> MelConfig:
         ) from None
 
 
-def num_frames(n_samples: int, hop_length: int) -> int:
-    """Frames of a centred STFT of ``n_samples`` samples: 1 + n_samples // hop_length."""
-    return 1 + n_samples // hop_length
+def num_frames(n_samples: int, hop_length: int, *, preemphasis: bool = True) -> int:
+    """Frames of the front end for ``n_samples`` samples.
+
+    A centred STFT of m samples gives 1 + m // hop_length frames; pre-emphasis leaves
+    m = n_samples - 1 (10 s at 32 kHz with hop 320: 1000 frames).
+    """
+    return 1 + (n_samples - int(preemphasis)) // hop_length
 
 
 def preemphasise(waveforms: torch.Tensor, coefficient: float) -> torch.Tensor:
-    """y[0] = x[0], y[n] = x[n] − a·x[n−1] along the last axis (the length is kept)."""
-    return torch.cat(
-        [waveforms[..., :1], waveforms[..., 1:] - coefficient * waveforms[..., :-1]], dim=-1
+    """y[n] = x[n + 1] − a·x[n] along the last axis: (..., samples) → (..., samples − 1).
+
+    A "valid" two-tap filter (no sample before x[0] is assumed), as in EAsT and PaSST.
+    """
+    return waveforms[..., 1:] - coefficient * waveforms[..., :-1]
+
+
+def mel_filterbank(config: MelConfig) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) float32 Kaldi mel filters of ``config`` (zero Nyquist column)."""
+    return kaldi_mel_filterbank(
+        config.n_mels,
+        config.n_fft,
+        config.sample_rate_hz,
+        fmin_hz=config.f_min_hz,
+        fmax_hz=config.f_max_hz,
     )
 
 
-def mel_filterbank(config: MelConfig) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) float32 Slaney-scale, area-normalised triangular filters."""
-    return librosa.filters.mel(
-        sr=config.sample_rate_hz,
+def log_mel_spectrogram(
+    waveforms: torch.Tensor, *, config: MelConfig, window: torch.Tensor, filterbank: torch.Tensor
+) -> torch.Tensor:
+    """Normalised log-mel spectrogram of ``config`` (the whole recipe of the module docstring).
+
+    Parameters
+    ----------
+    waveforms : (N, samples) or (samples,) tensor at ``config.sample_rate_hz``; more than
+        ``n_fft // 2`` samples must remain after the pre-emphasis (reflect padding)
+    config : :class:`MelConfig`
+    window : (win_length,) tensor -- the STFT window (symmetric Hann); its dtype is the dtype of
+        the computation
+    filterbank : (n_mels, n_fft // 2 + 1) tensor -- :func:`mel_filterbank` of ``config``
+
+    Returns
+    -------
+    (N, n_mels, frames) or (n_mels, frames) tensor, frames = :func:`num_frames` (1 + (samples -
+    1) // hop_length with pre-emphasis).
+    """
+    if waveforms.ndim not in (1, 2):
+        raise ValueError(f"expected (samples,) or (N, samples), got {tuple(waveforms.shape)}")
+    fewest = config.n_fft // 2 + 1 + int(config.preemphasis is not None)
+    if waveforms.shape[-1] < fewest:
+        raise ValueError(
+            f"{waveforms.shape[-1]} samples are too few: reflect padding needs at least "
+            f"{fewest} (more than n_fft // 2 = {config.n_fft // 2} after the pre-emphasis)"
+        )
+    x = waveforms.to(dtype=window.dtype)
+    if config.preemphasis:
+        x = preemphasise(x, config.preemphasis)
+    spec = torch.stft(
+        x,
         n_fft=config.n_fft,
-        n_mels=config.n_mels,
-        fmin=config.f_min_hz,
-        fmax=config.f_max_hz,
-        dtype=np.float32,
+        hop_length=config.hop_length,
+        win_length=config.win_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
     )
+    if config.power == 2.0:
+        power = spec.real.square() + spec.imag.square()
+    else:
+        power = spec.abs().pow(config.power)
+    mel = torch.matmul(filterbank, power)
+    return (torch.log(mel + config.log_offset) + config.norm_shift) / config.norm_scale
+
+
+# The code a log-mel runs (hashed into the fingerprints of the mel stores and of PaSST's).
+_LOG_MEL_CODE = (
+    MelConfig,
+    preemphasise,
+    hz_to_mel,
+    kaldi_mel_filterbank,
+    mel_filterbank,
+    log_mel_spectrogram,
+)
 
 
 class MelSpectrogram(nn.Module):
     """Normalised log-mel spectrogram of a :class:`MelConfig`; no trainable parameters.
 
-    The Hann window and the mel filterbank are non-persistent buffers: they follow
+    The symmetric Hann window and the mel filterbank are non-persistent buffers: they follow
     ``.to(device)`` but stay out of ``state_dict``.
     """
 
@@ -188,44 +269,19 @@ class MelSpectrogram(nn.Module):
     def __init__(self, config: MelConfig) -> None:
         super().__init__()
         self.config = config
-        window = torch.hann_window(config.win_length, periodic=True, dtype=torch.float32)
+        window = torch.hann_window(config.win_length, periodic=False, dtype=torch.float32)
         self.register_buffer("window", window, persistent=False)
-        filterbank = torch.from_numpy(mel_filterbank(config))
-        self.register_buffer("filterbank", filterbank, persistent=False)
+        self.register_buffer("filterbank", mel_filterbank(config), persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(N, samples) → (N, n_mels, frames); a single (samples,) clip → (n_mels, frames).
 
-        Computed in the buffers' dtype (float32 unless the module was converted). Every clip
-        needs more than ``n_fft // 2`` samples (reflect padding); frames = 1 + samples // hop.
+        :func:`log_mel_spectrogram`, in the buffers' dtype (float32 unless the module was
+        converted).
         """
-        if waveforms.ndim not in (1, 2):
-            raise ValueError(f"expected (samples,) or (N, samples), got {tuple(waveforms.shape)}")
-        cfg = self.config
-        if waveforms.shape[-1] <= cfg.n_fft // 2:
-            raise ValueError(
-                f"{waveforms.shape[-1]} samples are too few: reflect padding needs more than "
-                f"n_fft // 2 = {cfg.n_fft // 2}"
-            )
-        x = waveforms.to(dtype=self.window.dtype)
-        if cfg.preemphasis:
-            x = preemphasise(x, cfg.preemphasis)
-        spec = torch.stft(
-            x,
-            n_fft=cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            window=self.window,
-            center=True,
-            pad_mode="reflect",
-            return_complex=True,
+        return log_mel_spectrogram(
+            waveforms, config=self.config, window=self.window, filterbank=self.filterbank
         )
-        if cfg.power == 2.0:
-            power = spec.real.square() + spec.imag.square()
-        else:
-            power = spec.abs().pow(cfg.power)
-        mel = torch.matmul(self.filterbank, power)
-        return (torch.log(mel + cfg.log_offset) + cfg.norm_shift) / cfg.norm_scale
 
 
 def _source_digest(*objs: Any) -> str:
@@ -234,6 +290,14 @@ def _source_digest(*objs: Any) -> str:
     for obj in objs:
         digest.update(inspect.getsource(obj).encode())
     return digest.hexdigest()[:16]
+
+
+def log_mel_code_digest() -> str:
+    """Short hash of the code of :func:`log_mel_spectrogram` and its filterbank.
+
+    The PaSST teacher computes its log-mels with them too; its fingerprint holds this hash.
+    """
+    return _source_digest(*_LOG_MEL_CODE)
 
 
 class MelFrontEnd:
@@ -275,7 +339,9 @@ class MelFrontEnd:
 
     def num_frames(self, n_samples: int) -> int:
         """Frames :meth:`embed` returns for a waveform of ``n_samples`` samples."""
-        return num_frames(n_samples, self.config.hop_length)
+        return num_frames(
+            n_samples, self.config.hop_length, preemphasis=self.config.preemphasis is not None
+        )
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Mono float32 waveforms (any lengths) → one (frames, n_mels) float32 array per clip.
@@ -298,10 +364,8 @@ class MelFrontEnd:
         return {
             "frontend": self.preset,
             **dataclasses.asdict(self.config),
-            "librosa_version": librosa.__version__,
-            "code": _source_digest(
-                MelConfig, num_frames, preemphasise, mel_filterbank, MelSpectrogram, MelFrontEnd
-            ),
+            "recipe": RECIPE,
+            "code": _source_digest(*_LOG_MEL_CODE, num_frames, MelSpectrogram, MelFrontEnd),
             "pipeline_version": pipeline.__version__,
         }
 

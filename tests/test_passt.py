@@ -4,24 +4,26 @@ hear21passt imports timm (to download weights) and torchaudio (for the Kaldi mel
 neither of which imports on these machines. The reference here is the package itself, made
 importable by stand-ins: a ``timm.models._hub`` whose ``download_cached_file`` hands over the
 random checkpoint, and a ``torchaudio`` whose ``compliance.kaldi`` is torchaudio's real
-``kaldi.py``, loaded from the installed (but unimportable) torchaudio's files.
+``kaldi.py``, loaded from the installed (but unimportable) torchaudio's files
+(``load_torchaudio_kaldi`` of tests/test_features.py, which also checks the shared filterbank).
 """
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from test_features import load_torchaudio_kaldi
 from torch import nn
 
+from pipeline.features import log_mel_code_digest
 from pipeline.teachers import MissingWeightsError, create_teacher, file_sha256
 from pipeline.teachers.passt import (
     ARCH,
@@ -31,7 +33,6 @@ from pipeline.teachers.passt import (
     InvalidWeightsError,
     PasstTeacher,
     build_passt,
-    kaldi_mel_banks,
     log_mel,
     passt_mel_basis,
     passt_models,
@@ -75,22 +76,11 @@ class _TrainingOnlyMasking(nn.Identity):
 @pytest.fixture(scope="module")
 def torchaudio_modules():
     """A ``torchaudio`` stand-in whose ``compliance.kaldi`` is torchaudio's own kaldi.py."""
-    spec = importlib.util.find_spec("torchaudio")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(
-            "torchaudio's files are needed as the reference for the mel filterbank: "
-            "pip install --no-deps torchaudio==2.11.0"
-        )
-    kaldi_file = Path(spec.submodule_search_locations[0]) / "compliance" / "kaldi.py"
+    kaldi = load_torchaudio_kaldi()
     torchaudio = ModuleType("torchaudio")
     compliance = ModuleType("torchaudio.compliance")
     transforms = ModuleType("torchaudio.transforms")
     transforms.FrequencyMasking = transforms.TimeMasking = _TrainingOnlyMasking
-    kaldi_spec = importlib.util.spec_from_file_location("torchaudio.compliance.kaldi", kaldi_file)
-    kaldi = importlib.util.module_from_spec(kaldi_spec)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "torchaudio", torchaudio)  # kaldi.py imports it
-        kaldi_spec.loader.exec_module(kaldi)
     torchaudio.compliance, torchaudio.transforms, compliance.kaldi = compliance, transforms, kaldi
     return {
         "torchaudio": torchaudio,
@@ -222,32 +212,13 @@ def clip_embeddings(teacher, clips):
 # --- front end ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("n_mels", "n_fft", "sample_rate", "fmin", "fmax"),
-    [
-        (128, 1024, 32000, 0.0, 15000.0),
-        (64, 512, 16000, 50.0, 8000.0),
-        (23, 400, 16000, 20.0, -400),
-    ],
-)
-def test_kaldi_mel_banks_equal_torchaudio(
-    torchaudio_modules, n_mels, n_fft, sample_rate, fmin, fmax
-):
+def test_mel_basis_is_torchaudios_with_a_nyquist_column(torchaudio_modules):
     kaldi = torchaudio_modules["torchaudio.compliance.kaldi"]
-    expected, _ = kaldi.get_mel_banks(n_mels, n_fft, sample_rate, fmin, fmax, 100.0, -500.0, 1.0)
-    got = kaldi_mel_banks(n_mels, n_fft, sample_rate, fmin, fmax)
-    assert got.shape == expected.shape == (n_mels, n_fft // 2)
-    assert got.dtype == torch.float32
-    np.testing.assert_array_equal(got.numpy(), expected.numpy())  # same float32 arithmetic
-    assert (got.sum(dim=1) > 0).all()
-
-
-def test_mel_basis_pads_the_nyquist_bin():
+    expected, _ = kaldi.get_mel_banks(128, 1024, 32000, 0.0, 15000.0, 100.0, -500.0, 1.0)
     basis = passt_mel_basis()
-    assert basis.shape == (128, 513)
+    assert basis.shape == (128, 513) and basis.dtype == torch.float32
+    np.testing.assert_array_equal(basis[:, :-1].numpy(), expected.numpy())  # same float32 maths
     assert not basis[:, -1].any()
-    with pytest.raises(ValueError, match="mel filterbank"):
-        kaldi_mel_banks(128, 1024, 32000, 0.0, 17000.0)
 
 
 def test_log_mel_equals_the_package_front_end(package, teacher):
@@ -413,6 +384,7 @@ def test_fingerprint_names_mode_windows_and_weights(teacher, all_teacher, checkp
     assert fingerprint["weights_sha256"] == file_sha256(checkpoint)
     assert fingerprint["hear21passt"] == "0.0.26"
     assert "load_shift" not in fingerprint and "load_scale" not in fingerprint  # paper: none
+    assert fingerprint["mel_code"] == log_mel_code_digest()  # the shared front-end code
     other = all_teacher.fingerprint()
     changed = {k for k in fingerprint if fingerprint[k] != other[k]}
     assert changed == {"mode", "dim", "window_ms", "hop_ms", "hop_s"}

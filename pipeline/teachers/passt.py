@@ -16,7 +16,9 @@ Two outputs (``mode``):
 ``hear21passt`` needs ``timm`` (only to download weights) and ``torchaudio`` (only for the Kaldi
 mel filterbank and for training-time masking); neither is needed here: the network code is
 imported under a private package name with a stand-in for ``timm`` that refuses downloads, and
-the mel front end (``AugmentMelSTFT`` in eval mode) is written out below.
+the mel front end (``AugmentMelSTFT`` in eval mode) is the students' recipe
+(:func:`pipeline.features.log_mel_spectrogram`, whose Kaldi filterbank is
+:func:`pipeline.melbanks.kaldi_mel_filterbank`) with PaSST's numbers, :data:`MEL_CONFIG`.
 
 Weights: ``passt-s-f128-p16-s10-ap.476-swa.pt`` (about 330 MB, a plain state dict), from an
 explicit path, ``$PASST_WEIGHTS``, or ``<torch hub dir>/checkpoints/`` (where timm caches it,
@@ -31,7 +33,6 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import io
-import math
 import os
 import sys
 import warnings
@@ -46,6 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.features import (
+    MelConfig,
+    log_mel_code_digest,
+    log_mel_spectrogram,
+    mel_filterbank,
+    num_frames,
+)
 from pipeline.teachers import (
     InvalidWeightsError,
     Teacher,
@@ -74,6 +82,19 @@ PREEMPHASIS = 0.97
 LOG_OFFSET = 1e-5
 NORM_SHIFT = 4.5
 NORM_SCALE = 5.0
+MEL_CONFIG = MelConfig(
+    sample_rate_hz=SAMPLE_RATE_HZ,
+    n_fft=N_FFT,
+    win_length=WIN_LENGTH,
+    hop_length=HOP_LENGTH,
+    n_mels=N_MELS,
+    f_min_hz=FMIN_HZ,
+    f_max_hz=FMAX_HZ,
+    preemphasis=PREEMPHASIS,
+    log_offset=LOG_OFFSET,
+    norm_shift=NORM_SHIFT,
+    norm_scale=NORM_SCALE,
+)
 
 # The network, as get_model builds it for ARCH: a 998-frame input gives 99 time patches.
 PATCH = 16
@@ -224,76 +245,24 @@ def load_passt(path: Path) -> nn.Module:
 # --- mel front end ------------------------------------------------------------------------------
 
 
-def _hz_to_mel(freq_hz: float) -> float:
-    """HTK mel scale, as Kaldi writes it: 1127 · ln(1 + f / 700)."""
-    return 1127.0 * math.log(1.0 + freq_hz / 700.0)
-
-
-def kaldi_mel_banks(
-    n_mels: int, n_fft: int, sample_rate_hz: float, fmin_hz: float, fmax_hz: float
-) -> torch.Tensor:
-    """Kaldi's triangular mel filterbank (no VTLN warping), (n_mels, n_fft // 2) float32.
-
-    Band edges are equally spaced on the mel scale from ``fmin_hz`` to ``fmax_hz`` (Hz); each
-    filter rises from 0 at its left edge to 1 at its centre and falls to 0 at its right edge,
-    linearly in mel, evaluated at the FFT bin frequencies k · sample_rate_hz / n_fft for
-    k < n_fft / 2 (Kaldi leaves out the Nyquist bin). ``fmax_hz <= 0`` counts down from Nyquist.
-    The arithmetic is float32 as in Kaldi's (and torchaudio's) version, so that the features
-    are the ones the network was trained on, to the last bit.
-    """
-    nyquist = sample_rate_hz / 2
-    if fmax_hz <= 0:
-        fmax_hz += nyquist
-    if not (n_mels > 3 and n_fft % 2 == 0 and 0 <= fmin_hz < fmax_hz <= nyquist):
-        raise ValueError(
-            f"bad mel filterbank: {n_mels} bands, n_fft {n_fft}, {fmin_hz}–{fmax_hz} Hz "
-            f"at {sample_rate_hz} Hz"
-        )
-    mel_low = _hz_to_mel(fmin_hz)
-    mel_step = (_hz_to_mel(fmax_hz) - mel_low) / (n_mels + 1)
-    band = torch.arange(n_mels, dtype=torch.float32)[:, None]
-    left = mel_low + band * mel_step
-    centre = mel_low + (band + 1) * mel_step
-    right = mel_low + (band + 2) * mel_step
-    bin_hz = torch.arange(n_fft // 2, dtype=torch.float32) * (sample_rate_hz / n_fft)
-    bin_mel = 1127.0 * torch.log(1.0 + bin_hz / 700.0)
-    rising = (bin_mel - left) / (centre - left)
-    falling = (right - bin_mel) / (right - centre)
-    return torch.clamp(torch.minimum(rising, falling), min=0.0)
-
-
 def passt_mel_basis() -> torch.Tensor:
-    """The front end's (128, 513) filterbank: Kaldi's bands plus a zero Nyquist column."""
-    banks = kaldi_mel_banks(N_MELS, N_FFT, SAMPLE_RATE_HZ, FMIN_HZ, FMAX_HZ)
-    return F.pad(banks, (0, 1))
+    """The front end's (128, 513) float32 filterbank: Kaldi's bands plus a zero Nyquist column."""
+    return mel_filterbank(MEL_CONFIG)
 
 
 def log_mel(waves: torch.Tensor, mel_basis: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """hear21passt's normalised log-mel of each waveform: (B, n) → (B, 128, 1 + (n - 1) // 320).
 
     Pre-emphasis (y[t] = x[t + 1] − 0.97 x[t], one sample shorter), a centred power STFT (n_fft
-    1024, 800-sample symmetric Hann window, hop 320), the mel filterbank, ln(x + 1e-5), then
-    (x + 4.5) / 5.
+    1024, 800-sample symmetric Hann ``window``, hop 320), the filterbank ``mel_basis``
+    (:func:`passt_mel_basis`), ln(x + 1e-5), then (x + 4.5) / 5.
     """
-    emphasised = waves[:, 1:] - PREEMPHASIS * waves[:, :-1]
-    spectrum = torch.stft(
-        emphasised,
-        N_FFT,
-        hop_length=HOP_LENGTH,
-        win_length=WIN_LENGTH,
-        window=window,
-        center=True,
-        normalized=False,
-        return_complex=True,
-    )
-    power = torch.view_as_real(spectrum).pow(2).sum(dim=-1)
-    mel = torch.matmul(mel_basis, power)
-    return (torch.log(mel + LOG_OFFSET) + NORM_SHIFT) / NORM_SCALE
+    return log_mel_spectrogram(waves, config=MEL_CONFIG, window=window, filterbank=mel_basis)
 
 
 def time_patches(window_samples: int) -> int:
     """Patch columns the network makes of one window of ``window_samples`` samples."""
-    frames = 1 + (window_samples - 1) // HOP_LENGTH
+    frames = num_frames(window_samples, HOP_LENGTH)
     return (frames - PATCH) // PATCH_STRIDE + 1 if frames >= PATCH else 0
 
 
@@ -370,6 +339,8 @@ class PasstTeacher(Teacher):
             "hop_ms": self.hop_ms,
             "weights_sha256": self.weights_sha256,
             "hear21passt": importlib.metadata.version("hear21passt"),
+            # The shared front-end code (pipeline.features, pipeline.melbanks) that log_mel runs.
+            "mel_code": log_mel_code_digest(),
         }
 
     def num_frames(self, n_samples: int) -> int:
