@@ -92,7 +92,8 @@ def export_onnx(
     out = Path(out) if out is not None else run_dir / ONNX_NAME
     tagger = WaveformTagger(predictor).eval()
     config = predictor.frontend.config
-    window = (predictor.mel_frames - 1) * config.hop_length  # centred frames: n // hop + 1
+    # Centred frames of the pre-emphasised signal (one sample shorter): 1 + (n - 1) // hop.
+    window = (predictor.mel_frames - 1) * config.hop_length + (1 if config.preemphasis else 0)
     metadata = {
         "classes": json.dumps(predictor.classes),
         "sample_rate_hz": str(predictor.sample_rate_hz),

@@ -24,7 +24,7 @@ def test_onnx_equals_the_predictor_on_one_window(exported):
     run, result = exported
     assert result.path == run / "student.onnx" and result.max_abs_diff < 1e-4
     predictor = load_run(run, device="cpu")
-    window = (MEL_FRAMES - 1) * 320
+    window = (MEL_FRAMES - 1) * 320 + 1  # the pre-emphasis drops one sample
     waves = np.stack([_signal(window, SR, seed) for seed in range(3)])
     want = np.stack(
         [predictor.window_probabilities(predictor.windows(predictor.mel(w)))[0] for w in waves]
@@ -45,7 +45,7 @@ def test_metadata_and_cli(exported, tmp_path, capsys):
     assert json.loads(meta["classes"]) == CLASSES
     assert (meta["sample_rate_hz"], meta["window_samples"]) == (
         str(SR),
-        str((MEL_FRAMES - 1) * 320),
+        str((MEL_FRAMES - 1) * 320 + 1),
     )
     assert (meta["frontend"], meta["student"], meta["run"]) == ("mobile_fcn", "cp_resnet", run.name)
     assert meta == result.metadata

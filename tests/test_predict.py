@@ -23,7 +23,7 @@ from pipeline.students import create_student
 from pipeline.train import _inference_checkpoint
 
 CLASSES = ["piano", "drums", "voice"]
-MEL_FRAMES = 101  # mobile_fcn: hop 320 at 16 kHz, frames = 1 + samples // 320
+MEL_FRAMES = 101  # mobile_fcn: hop 320 at 16 kHz, frames = 1 + (samples - 1) // 320
 SR = 16_000
 
 
@@ -76,10 +76,10 @@ def _signal(n, sr, seed):
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio")
     specs = {
-        "short.wav": (8000, SR),  # 26 frames: one wrapped window
-        "one.wav": (32_000, SR),  # 101 frames: exactly one window
-        "long.wav": (52_800, SR),  # 166 frames: windows at 0, 50 and 65 (end-aligned)
-        "cd.wav": (132_300, 44_100),  # 3 s at 44.1 kHz → 48 000 samples → 151 frames
+        "short.wav": (8001, SR),  # 26 frames: one wrapped window
+        "one.wav": (32_001, SR),  # 101 frames: exactly one window
+        "long.wav": (52_801, SR),  # 166 frames: windows at 0, 50 and 65 (end-aligned)
+        "cd.wav": (132_300, 44_100),  # 3 s at 44.1 kHz → 48 000 samples → 150 frames
         "tiny.wav": (160, SR),  # 0.01 s, less than one FFT frame
     }
     paths = {}
@@ -138,7 +138,7 @@ def test_probabilities_equal_a_manual_computation(predictor, files):
     frames, expected = _manual(files["long.wav"], lambda m: [m[0:101], m[50:151], m[65:166]])
     assert frames == 166
     row, probs = _row(result, files["long.wav"])
-    assert row["windows"] == 3 and row["duration_s"] == pytest.approx(3.3)
+    assert row["windows"] == 3 and row["duration_s"] == pytest.approx(3.3, abs=1e-4)
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 
     frames, expected = _manual(files["one.wav"], lambda m: [m])
@@ -157,8 +157,8 @@ def test_probabilities_equal_a_manual_computation(predictor, files):
 
 def test_resampled_file_and_waveform_api(predictor, files):
     result = predictor.predict_files([files["cd.wav"]])
-    frames, expected = _manual(files["cd.wav"], lambda m: [m[0:101], m[50:151]])
-    assert frames == 151
+    frames, expected = _manual(files["cd.wav"], lambda m: [m[0:101], m[49:150]])
+    assert frames == 150
     row, probs = _row(result, files["cd.wav"])
     assert row["windows"] == 2 and row["duration_s"] == pytest.approx(3.0)
     np.testing.assert_allclose(probs, expected, atol=1e-6)
