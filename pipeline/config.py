@@ -45,20 +45,35 @@ class TrainConfig:
     lam : λ in (1 − λ)·BCE + λ·regulariser; ``None`` = the paper's value for dataset and teacher
     kd : add classical knowledge distillation from frozen linear probes on the cached
         embeddings (EAsT-KD: regulariser = kd_weight·KD + (1 − kd_weight)·DC)
-    align : time alignment of student and teacher frames, ``"repeat"`` or ``"mean"``
+    kd_weight : weight of KD inside the EAsT-KD regulariser (0.3 in the paper)
+    align : time alignment of student and teacher frames: ``"repeat"`` (integer repeat factors,
+        then both cut to the shorter; the official fixed factors for the paper's dataset,
+        student and teacher, see :func:`paper_time_factors`, computed ones otherwise) or
+        ``"mean"`` (both averaged over time)
     teacher_weights : relative weight of each teacher's term (default equal)
     lr, weight_decay : Adam settings
-    batch_size : clips per step
+    batch_size : clips per optimiser step (the global batch with several processes); also the
+        validation batch, since the regulariser of the validation loss compares a batch's clips
     grad_clip : max gradient norm
-    max_epochs : upper bound on passes over the training split
-    plateau_factor, plateau_patience : learning rate × factor after ``patience`` epochs
-        without a lower validation loss
-    early_stop_patience : stop after that many epochs without a lower validation loss
-    mixup_alpha : Beta(α, α) mixup of mels, labels and teacher embeddings; 0 = off
-    specaug_freq, specaug_time : widest SpecAugment mask in mel bins and frames; 0 = off
+    max_steps : stop after this many optimiser steps; ``None`` = no step limit
+    max_epochs : stop after this many passes over the training split; ``None`` = no epoch
+        limit. A run ends at whichever limit (or early stopping) comes first; an epoch cut short
+        by ``max_steps`` is not validated (as in Lightning)
+    plateau_factor, plateau_patience : learning rate × factor once the validation total loss
+        has not fallen by more than 0.01 % (relative) for more than ``patience`` epochs
+        (torch's ``ReduceLROnPlateau`` defaults otherwise); see :mod:`pipeline.schedule`
+    early_stop_patience : stop after that many epochs without a lower validation total loss
+    mixup_alpha : per-clip mixup with a partner drawn from the whole training split,
+        λ ~ Beta(α, α) folded to ≥ 0.5, of mels (after SpecAugment), labels, label masks (OR)
+        and teacher embeddings; 0 = off
+    specaug_freq, specaug_time : SpecAugment, one band of mel bins and one of frames per clip,
+        of width drawn below these values (torchaudio's masking); 0 = off. Masked values become
+        a log-mel of 0 as the front end normalises it
     shard_window : shards shuffled together (see :class:`pipeline.loader.ShardAwareSampler`)
     seed : everything random derives from it
-    probe_lr, probe_epochs : SGD learning rate and epoch cap of the KD linear probes
+    probe_lr : SGD learning rate of the KD linear probes; ``None`` = the official value per
+        dataset and teacher (:func:`paper_probe_lr`)
+    probe_max_steps : optimiser-step limit of the KD linear probes
     workers : loader worker processes
     device : torch device; ``None`` = cuda when available
     """
@@ -78,7 +93,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     batch_size: int = 16
     grad_clip: float = 1.0
-    max_epochs: int = 100
+    max_steps: int | None = 80_000
+    max_epochs: int | None = None
     plateau_factor: float = 0.2
     plateau_patience: int = 8
     early_stop_patience: int = 15
@@ -87,8 +103,8 @@ class TrainConfig:
     specaug_time: int = 0
     shard_window: int = 4
     seed: int = 1223
-    probe_lr: float = 0.1
-    probe_epochs: int = 100
+    probe_lr: float | None = None
+    probe_max_steps: int = 80_000
     workers: int = 2
     device: str | None = None
 
@@ -111,9 +127,14 @@ class TrainConfig:
                 f"teacher_weights has {len(self.teacher_weights)} entries for "
                 f"{len(self.teachers)} teachers"
             )
-        for name in ("batch_size", "max_epochs", "shard_window", "probe_epochs"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be ≥ 1, not {getattr(self, name)}")
+        for name in ("batch_size", "max_steps", "max_epochs", "shard_window", "probe_max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be ≥ 1, not {value}")
+        if self.max_steps is None and self.max_epochs is None:
+            problems.append("max_steps and max_epochs are both None: a run needs a limit")
+        if self.probe_lr is not None and not self.probe_lr > 0:
+            problems.append(f"probe_lr must be > 0, not {self.probe_lr}")
         if self.workers < 0:
             problems.append(f"workers must be ≥ 0, not {self.workers}")
         if problems:
@@ -133,13 +154,31 @@ class TrainConfig:
             return 0.0
         return self.lam if self.lam is not None else paper_lambda(self.dataset, self.teachers)
 
+    @property
+    def time_factors(self) -> tuple[tuple[int, int] | None, ...]:
+        """Per teacher the fixed (student, teacher) repeat factors, ``None`` = computed."""
+        return tuple(paper_time_factors(self.dataset, self.student, t) for t in self.teachers)
+
+    @property
+    def probe_lrs(self) -> tuple[float, ...]:
+        """Per teacher the SGD learning rate of its KD probe: ``probe_lr`` or the paper's."""
+        if self.probe_lr is not None:
+            return tuple(self.probe_lr for _ in self.teachers)
+        return tuple(paper_probe_lr(self.dataset, t) for t in self.teachers)
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Stable hash of the fields that change results (hex, 64 characters)."""
+        """Stable hash of the fields that change results (hex, 64 characters).
+
+        Values the config resolves from tables (λ, time factors, probe learning rates) enter as
+        resolved, so a run spelling out the paper's value is the run that leaves it to the table.
+        """
         fields = {k: v for k, v in self.as_dict().items() if k not in NOT_HASHED}
         fields["lam"] = self.regulariser_weight
+        fields["time_factors"] = self.time_factors
+        fields["probe_lr"] = self.probe_lrs if self.kd else None
         text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -152,6 +191,28 @@ class TrainConfig:
 
 # λ per teacher from the paper (OpenMIC); MTAT used 0.6 for all four teachers.
 _OPENMIC_LAMBDA = {"passt": 0.9, "panns": 0.9, "vggish": 0.8, "openl3": 0.8}
+
+# Fixed (student, teacher) repeat factors of the official configs (config/<dataset>/east_*.json,
+# the feature stage that carries the weight), per (dataset, student) and teacher store. They
+# assume the paper's stores: PANNs as one clip-level frame (layer=clip), VGGish and PaSST 0.96 s
+# frames, OpenL3 1 s windows every 0.96 s. A store of another variant needs another name.
+_PAPER_TIME_FACTORS: dict[tuple[str, str], dict[str, tuple[int, int]]] = {
+    ("openmic", "cp_resnet"): {
+        "vggish": (1, 6),
+        "openl3": (1, 6),
+        "passt": (1, 6),
+        "panns": (1, 60),
+    },
+    ("magnatagatune", "mobile_fcn"): {
+        "vggish": (2, 1),
+        "openl3": (2, 1),
+        "passt": (2, 1),
+        "panns": (1, 15),
+    },
+}
+
+# SGD learning rates of the official linear probes (config/<dataset>/lr_*.json); others 0.1.
+_PAPER_PROBE_LR = {("openmic", "vggish"): 0.2, ("magnatagatune", "passt"): 0.2}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CP ResNet on whole 10 s clips, mixup and SpecAugment (official OpenMIC config).
@@ -168,12 +229,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "magnatagatune": {
         "student": "mobile_fcn",
         "frontend": "mobile_fcn",
+        "max_steps": 100_000,
         "plateau_patience": 5,
         "early_stop_patience": 12,
     },
     # Sized for a 2-core CPU: a narrow CP ResNet on 16 kHz / 96-band mels, a larger step size
-    # and short patience, so the demo trains in minutes. λ = 0.5 was chosen on the demo's
-    # validation split (0.9 let the musicnn term crowd out the labels of this small set).
+    # and short patience, so the demo trains in minutes; its length is counted in epochs (the
+    # step limit is never reached). λ = 0.5 was chosen on the demo's validation split (0.9 let
+    # the musicnn term crowd out the labels of this small set).
     "demo": {
         "student": "cp_resnet",
         "student_options": {"base_channels": 32},
@@ -203,13 +266,32 @@ def paper_lambda(dataset: str, teachers: tuple[str, ...]) -> float:
     return sum(_OPENMIC_LAMBDA.get(t, 0.9) for t in teachers) / len(teachers)
 
 
+def paper_time_factors(dataset: str, student: str, teacher: str) -> tuple[int, int] | None:
+    """The official fixed (student, teacher) repeat factors, ``None`` where the paper has none.
+
+    OpenMIC with CP ResNet: teacher ×6 for VGGish, OpenL3 and PaSST, ×60 for PANNs (student ×1).
+    MagnaTagATune with Mobile FCN: student ×2 for VGGish, OpenL3 and PaSST (teacher ×1); teacher
+    ×15 for PANNs (student ×1). Other datasets, students and teachers (musicnn, ``hear:*``,
+    your own data) get factors computed from the frame counts
+    (:func:`pipeline.losses.repeat_factors`).
+    """
+    return _PAPER_TIME_FACTORS.get((dataset, student), {}).get(teacher)
+
+
+def paper_probe_lr(dataset: str, teacher: str) -> float:
+    """SGD learning rate of the official linear probe: 0.2 for OpenMIC-VGGish and MTAT-PaSST,
+    else 0.1."""
+    return _PAPER_PROBE_LR.get((dataset, teacher), 0.1)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Check an override against the field's type; ints are accepted for floats."""
-    default = {f.name: f for f in dataclasses.fields(TrainConfig)}[name].default
+    spec = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    default = spec.default
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be True or False, not {value!r}")
-    elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    elif str(spec.type).startswith("float") and type(value) is int:
         value = float(value)
     if name == "teacher_weights" and value is not None:
         value = tuple(float(v) for v in value)

@@ -21,8 +21,11 @@ shards. The reads of a window stay within those few shard files (whose index and
 the OS cache) while the order is still random at the scale of a batch. ``__getitems__`` reads the
 clips of a batch in row order through :meth:`pipeline.store.ClipStore.read_batch`.
 
-:func:`mixup` and :func:`spec_augment` work on collated batches (on any device) and draw every
-random number from an explicit :class:`torch.Generator`, so a run is reproducible.
+Mixup partners come from the whole training split: :class:`MixupBatchSampler` appends to each
+batch one uniformly drawn partner per clip, read in the same padded read as the batch;
+:func:`spec_augment` (each clip its own masks, partners included) and then :func:`mixup` (one λ
+per clip) work on the collated batch, on any device, drawing every random number from an
+explicit :class:`torch.Generator` or ``(seed, epoch)``, so a run is reproducible.
 
 Only the stores are read here: no teacher model, audio decoding or feature code is imported,
 and :mod:`pipeline.store` is the only module that touches Zarr.
@@ -45,6 +48,8 @@ from pipeline.store import ClipStore, read_store
 
 __all__ = [
     "ClipDataset",
+    "EvenShardSampler",
+    "MixupBatchSampler",
     "ShardAwareSampler",
     "collate",
     "draw_mixup",
@@ -186,6 +191,14 @@ class ClipDataset(Dataset):
             "teachers": [t[0] for t in batch["teachers"]],
             "index": int(batch["index"][0]),
         }
+
+    def mean_embeddings(self, k: int, *, chunk: int = 256) -> np.ndarray:
+        """(N, D_k) float32: each clip's teacher-``k`` embeddings averaged over its frames."""
+        parts = [
+            self.__getitems__(range(start, min(start + chunk, len(self))))["teachers"][k]
+            for start in range(0, len(self), chunk)
+        ]
+        return torch.cat([p.mean(dim=1) for p in parts]).numpy()
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """A whole batch, already collated (see :func:`collate`).
@@ -333,90 +346,177 @@ class ShardAwareSampler(Sampler[int]):
         return int(sum(len(self._members[s]) for s in self._rank_shards(rng)))
 
 
-def draw_mixup(n: int, *, alpha: float, generator: torch.Generator) -> tuple[float, Tensor]:
-    """λ and the partner permutation that :func:`mixup` uses for a batch of ``n``.
+class EvenShardSampler(Sampler[int]):
+    """This process's share of the shard-aware order, cut so that every process steps alike.
 
-    A 63-bit seed is drawn from ``generator`` (``torch.randint``) and λ ~ Beta(α, α) is drawn
-    by numpy's ``default_rng(seed).beta``; λ is then folded to ``max(λ, 1 − λ)`` so the first
-    partner dominates. The permutation is ``torch.randperm(n, generator=generator)`` (on the
-    generator's device, normally the CPU). Same generator state → same λ and permutation.
+    Every optimiser step all-reduces gradients, so all processes must take the same number of
+    steps. The shard-dealing :class:`ShardAwareSampler` gives ranks piles of different sizes;
+    each epoch, every process therefore keeps the first ``min over ranks`` items of its pile,
+    rounded down to whole batches of ``batch_size``. All ranks compute this from the same
+    (seed, epoch), with no communication. At most about one shard of clips per rank is left
+    out per epoch, and a different one each epoch. With one process the items and batches are
+    those of the plain sampler with ``drop_last``.
+    """
+
+    def __init__(
+        self,
+        shard_ids: Sequence[int],
+        *,
+        batch_size: int,
+        window: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(np.unique(np.asarray(shard_ids))) < world_size:
+            raise ValueError(
+                f"the training split spans {len(np.unique(np.asarray(shard_ids)))} store "
+                f"shard(s), fewer than the {world_size} processes: each process reads whole "
+                "shards, so use fewer processes"
+            )
+        self.rank, self.batch_size = rank, batch_size
+        self._ranks = [
+            ShardAwareSampler(shard_ids, window=window, seed=seed, rank=r, world_size=world_size)
+            for r in range(world_size)
+        ]
+
+    def set_epoch(self, epoch: int) -> None:
+        for sampler in self._ranks:
+            sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        shortest = min(len(sampler) for sampler in self._ranks)
+        return shortest - shortest % self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ranks[self.rank].order()[: len(self)].tolist())
+
+
+class MixupBatchSampler(Sampler[list[int]]):
+    """Whole batches of ``sampler``'s order, each followed by one mixup partner per clip.
+
+    Every batch of ``batch_size`` items (a last incomplete one is dropped) comes with
+    ``batch_size`` more indices drawn uniformly, with replacement, from all ``n_items`` items of
+    the dataset — the whole training split, not the batch, not this process's shards — so item
+    ``j`` of a batch is mixed with item ``batch_size + j`` (see :func:`mixup`). The dataset's
+    ``__getitems__`` reads the 2 × ``batch_size`` clips of a batch in one padded read per
+    store. Partners are drawn from ``(seed, epoch, rank)``: call :meth:`set_epoch` (which also
+    sets ``sampler``'s epoch) before each epoch.
+    """
+
+    def __init__(
+        self, sampler: Sampler[int], *, batch_size: int, n_items: int, seed: int, rank: int = 0
+    ) -> None:
+        if batch_size < 1 or n_items < 1:
+            raise ValueError(f"need batch_size ≥ 1 and n_items ≥ 1, got {batch_size}, {n_items}")
+        self.sampler, self.batch_size, self.n_items = sampler, int(batch_size), int(n_items)
+        self.seed, self.rank, self.epoch = int(seed), int(rank), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, _PARTNER_STREAM])
+        order = list(self.sampler)
+        for k in range(len(self)):
+            batch = order[k * self.batch_size : (k + 1) * self.batch_size]
+            yield batch + rng.integers(0, self.n_items, size=self.batch_size).tolist()
+
+
+_PARTNER_STREAM = 0x6D6978  # keeps the partner draws apart from other (seed, epoch) streams
+
+
+def draw_mixup(n: int, *, alpha: float, generator: torch.Generator) -> Tensor:
+    """One mixing weight per clip: λ ~ Beta(α, α), folded to ``max(λ, 1 − λ)``; (n,) float32.
+
+    A 63-bit seed is drawn from ``generator`` (``torch.randint``) and the n draws come from
+    numpy's ``default_rng(seed).beta``. Same generator state → same weights.
     """
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator).item())
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    lam = max(lam, 1.0 - lam)
-    perm = torch.randperm(n, generator=generator, device=generator.device)
-    return lam, perm
+    lam = np.random.default_rng(seed).beta(alpha, alpha, size=n)
+    return torch.from_numpy(np.maximum(lam, 1.0 - lam).astype(np.float32))
 
 
-def mixup(batch: dict[str, Any], *, alpha: float, generator: torch.Generator) -> dict[str, Any]:
-    """Mix each example with a partner from the same batch (one λ per batch).
+def mixup(batch: dict[str, Any], *, lam: Tensor) -> dict[str, Any]:
+    """Mix each of the first n clips of a batch with its partner among the n that follow.
 
-    ``mel``, ``labels`` and every teacher tensor become ``λ·x + (1 − λ)·x[perm]``; ``mask``
-    becomes ``mask | mask[perm]``. Unknown labels are 0 in ``labels``, so a label known for only
-    one partner enters with that partner's weight. λ and ``perm`` come from :func:`draw_mixup`
-    and are returned as ``"mixup_lambda"`` (float) and ``"mixup_perm"`` (int64 tensor);
-    ``"index"`` is the first partner's. Returns a new dict, the input is not modified.
-    ``alpha <= 0`` returns ``batch`` itself.
+    ``batch`` holds 2n clips (as :class:`MixupBatchSampler` yields them) and ``lam`` (n,) one
+    weight per clip. ``mel``, ``labels`` and every teacher tensor become
+    ``λ_j·x_j + (1 − λ_j)·x_{n+j}`` — the embeddings of every teacher with the clip's λ —
+    and ``mask`` becomes ``mask_j | mask_{n+j}``. Unknown labels are 0 in ``labels``, so a
+    label known for only one partner enters with that partner's weight. Every frame mixes
+    content of both clips: the dataset loops clips shorter than the batch's frame count (mels
+    and embeddings alike), never pads them with zeros, so a short partner contributes its loop,
+    aligned across mel and teachers as in unmixed items. Returns a new dict with ``"index"``
+    the first clips', ``"partner"`` the partners' indices and ``"mixup_lambda"`` = ``lam``.
     """
-    if alpha <= 0:
-        return batch
-    lam, perm = draw_mixup(batch["mel"].shape[0], alpha=alpha, generator=generator)
+    n = len(lam)
+    if batch["mel"].shape[0] != 2 * n:
+        raise ValueError(f"mixup needs 2 × {n} clips, got {batch['mel'].shape[0]}")
 
     def mix(x: Tensor) -> Tensor:
-        p = perm.to(x.device)
-        return lam * x + (1.0 - lam) * x[p]
+        weight = lam.to(x.device, x.dtype).view(n, *([1] * (x.ndim - 1)))
+        return weight * x[:n] + (1.0 - weight) * x[n:]
 
     out = dict(batch)
     out["mel"] = mix(batch["mel"])
     out["labels"] = mix(batch["labels"])
-    out["mask"] = batch["mask"] | batch["mask"][perm.to(batch["mask"].device)]
+    out["mask"] = batch["mask"][:n] | batch["mask"][n:]
     out["teachers"] = [mix(t) for t in batch.get("teachers", [])]
+    if "index" in batch:
+        out["index"], out["partner"] = batch["index"][:n], batch["index"][n:]
     out["mixup_lambda"] = lam
-    out["mixup_perm"] = perm
     return out
 
 
-def _band(n: int, size: int, max_width: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Per example a band start and width: width in [0, min(max_width, size + 1)), inside size."""
-    upper = min(max_width, size + 1)
-    if upper <= 1:
-        zeros = torch.zeros(n, dtype=torch.int64)
-        return zeros, zeros
-    width = torch.randint(0, upper, (n,), generator=generator, device=generator.device).cpu()
-    u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64).cpu()
-    start = torch.minimum((u * (size - width + 1)).floor().to(torch.int64), size - width)
-    return start, width
+def _band(n: int, size: int, max_width: int, generator: torch.Generator) -> Tensor:
+    """(n, size) bool: per clip one band, drawn as torchaudio's ``mask_along_axis`` draws it.
+
+    v = u₁·max_width and s = u₂·(size − v) with u₁, u₂ uniform in [0, 1) (float32); the band is
+    ``[trunc(s), trunc(s) + floor(v))``: width uniform in {0, …, max_width − 1}, start uniform
+    over the places that keep the band inside (clipped at the edges when max_width > size).
+    ``max_width`` < 1 draws nothing (1 draws, but the width is always 0).
+    """
+    if max_width < 1:
+        return torch.zeros(n, size, dtype=torch.bool)
+    u = torch.rand(n, 2, generator=generator, device=generator.device).cpu()
+    value = u[:, 0] * max_width
+    start = (u[:, 1] * (size - value)).trunc().to(torch.int64)[:, None]
+    stop = start + value.floor().to(torch.int64)[:, None]
+    positions = torch.arange(size)
+    return (positions >= start) & (positions < stop)
 
 
 def spec_augment(
-    mel: Tensor, *, freq_mask: int, time_mask: int, generator: torch.Generator
+    mel: Tensor, *, freq_mask: int, time_mask: int, fill: float, generator: torch.Generator
 ) -> Tensor:
-    """One frequency band and one time band masked per example.
+    """One frequency band and one time band masked per clip, as torchaudio's SpecAugment.
 
-    ``mel`` is (N, ..., F, T) — e.g. (N, n_mels, T) — or a single (F, T) image. Per example, a
-    band of mel bins of width uniform in ``[0, freq_mask)`` and a band of frames of width
-    uniform in ``[0, time_mask)`` (widths capped at F and T) start at uniform positions that
-    keep them inside the image. Masked values are set to the example's mean over all its
-    values (computed before masking): the stored log-mels are not assumed to be normalised to
-    zero mean, and the mean is a neutral level whatever their offset, where 0 could be louder
-    or quieter than anything in the clip. Random numbers come from ``generator``; the masks are
-    moved to ``mel``'s device. Returns a new tensor; with both widths 0 a copy of ``mel``.
+    ``mel`` is (N, ..., F, T) — e.g. (N, n_mels, T) — or a single (F, T) image. Each clip gets
+    its own band of mel bins of width uniform in ``[0, freq_mask)`` and its own band of frames
+    of width uniform in ``[0, time_mask)``, placed as ``torchaudio.transforms.FrequencyMasking``
+    and ``TimeMasking`` (``iid_masks=False`` on one clip) place them (:func:`_band`). Masked
+    values become ``fill``: the official featurizer masks with 0 in log-mel space before
+    normalising, i.e. ``fill`` = where a log-mel of 0 lands after the front end's normalisation
+    (``norm_shift / norm_scale``, 3.7 / 3.1 for the paper's front ends). Random numbers come from
+    ``generator``; the masks are moved to ``mel``'s device. Returns a new tensor; with both
+    widths 0 a copy of ``mel``.
     """
     if mel.ndim < 2:
         raise ValueError(f"spec_augment needs (..., F, T), got shape {tuple(mel.shape)}")
     single = mel.ndim == 2
     x = mel.unsqueeze(0) if single else mel
     n, f, t = x.shape[0], x.shape[-2], x.shape[-1]
-    if max(freq_mask, time_mask) <= 0 or x.numel() == 0:
+    if max(freq_mask, time_mask) < 1 or x.numel() == 0:
         return mel.clone()
-    f_start, f_width = _band(n, f, freq_mask, generator)
-    t_start, t_width = _band(n, t, time_mask, generator)
-    bins, frames = torch.arange(f), torch.arange(t)
-    f_hit = (bins >= f_start[:, None]) & (bins < (f_start + f_width)[:, None])  # (N, F)
-    t_hit = (frames >= t_start[:, None]) & (frames < (t_start + t_width)[:, None])  # (N, T)
-    lead = (1,) * (x.ndim - 3)
-    hit = f_hit.view(n, *lead, f, 1) | t_hit.view(n, *lead, 1, t)
-    hit = hit.to(x.device)
-    level = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
-    out = torch.where(hit, level, x)
+    f_hit = _band(n, f, freq_mask, generator)  # (N, F)
+    t_hit = _band(n, t, time_mask, generator)  # (N, T)
+    hit = f_hit[:, :, None] | t_hit[:, None, :]
+    hit = hit.view(n, *(1,) * (x.ndim - 3), f, t).to(x.device)
+    out = torch.where(hit, torch.as_tensor(fill, dtype=x.dtype, device=x.device), x)
     return out[0] if single else out

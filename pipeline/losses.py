@@ -6,12 +6,17 @@ student width ``C`` and the teacher width ``D`` need not match and no projection
 Every function is differentiable and device-agnostic (it allocates nothing outside its inputs'
 device).
 
-Time alignment (:func:`align`, ``mode="repeat"``): the shorter sequence is stretched with
-``repeat_interleave`` by the integer factor ``max(1, round_half_up(T_long / T_short))`` and then
-both are cut to the shorter of the two resulting lengths. E.g. student 62 frames vs teacher 10
-frames → teacher ×6 = 60, both cut to 60; teacher 11 frames → ×6 = 66, cut to 62; a clip-level
-teacher (1 frame) → ×62. Sequences are assumed padded to one length per batch; per-clip valid
-lengths are not modelled.
+Time alignment (:func:`align`, ``mode="repeat"``): the student's frames are repeated
+``repeat_interleave``-style by an integer factor, the teacher's by another, then both are cut to
+the shorter of the two lengths. For the paper's pairings the factors are the official configs'
+fixed ones (:func:`pipeline.config.paper_time_factors`: OpenMIC with CP ResNet, teacher ×6 for
+VGGish, OpenL3 and PaSST and ×60 for PANNs; MagnaTagATune with Mobile FCN, student ×2 for VGGish,
+OpenL3 and PaSST and teacher ×15 for PANNs). Every other teacher or dataset (musicnn, ``hear:*``,
+your own data) gets factors computed from the frame counts (:func:`repeat_factors`): the shorter
+sequence is stretched by ``max(1, round_half_up(T_long / T_short))``. E.g. student 62 frames vs
+teacher 10 frames → teacher ×6 = 60, both cut to 60; teacher 11 frames → ×6 = 66, cut to 62; a
+clip-level teacher (1 frame) → ×62. Sequences are assumed padded to one length per batch (the
+loader loops short clips), so per-clip valid lengths are not modelled.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from torch import Tensor
 AlignMode = Literal["repeat", "mean"]
 Regulariser = Literal["dc", "cosine"]
 
-_EPS = 1e-12
+# Inside the square root of every pairwise distance, and added to the product of the two
+# distance variances under the square root of distance correlation's denominator (the official
+# implementation's constants).
+_DISTANCE_EPS = 1e-12
+_VARIANCE_EPS = 1e-9
+Factors = tuple[int, int]
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -56,20 +66,45 @@ def repeat_factors(student_frames: int, teacher_frames: int) -> tuple[int, int]:
     return (1, factor) if student_frames >= teacher_frames else (factor, 1)
 
 
-def align(student: Tensor, teacher: Tensor, *, mode: AlignMode = "repeat") -> tuple[Tensor, Tensor]:
+def align(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    mode: AlignMode = "repeat",
+    factors: Factors | None = None,
+) -> tuple[Tensor, Tensor]:
     """Bring student (N, Ts, C) and teacher (N, Tt, D) to one frame count: (N, T, C), (N, T, D).
 
-    ``"repeat"``: stretch by :func:`repeat_factors`, then cut both to the shorter length.
-    ``"mean"``: average both over time, T = 1.
+    ``"repeat"``: repeat each student frame ``factors[0]`` times and each teacher frame
+    ``factors[1]`` times (``None``: :func:`repeat_factors` of the frame counts), then cut both to
+    the shorter length. ``"mean"``: average both over time, T = 1; ``factors`` is not used.
+
+    Raises
+    ------
+    ValueError
+        When given ``factors`` leave one sequence more than twice as long as the other: they were
+        made for other frame counts (e.g. the paper's ×60 for a clip-level PANNs store applied to
+        a frame-level one), and cutting would drop most of the longer sequence.
     """
     if mode == "mean":
         return student.mean(dim=1, keepdim=True), teacher.mean(dim=1, keepdim=True)
     if mode != "repeat":
         raise ValueError(f"unknown alignment mode {mode!r}")
-    factor_s, factor_t = repeat_factors(student.shape[1], teacher.shape[1])
-    student = student.repeat_interleave(factor_s, dim=1)
-    teacher = teacher.repeat_interleave(factor_t, dim=1)
-    frames = min(student.shape[1], teacher.shape[1])
+    computed = factors is None
+    if factors is None:
+        factors = repeat_factors(student.shape[1], teacher.shape[1])
+    long_s = student.shape[1] * factors[0]
+    long_t = teacher.shape[1] * factors[1]
+    if not computed and max(long_s, long_t) > 2 * min(long_s, long_t):
+        raise ValueError(
+            f"time factors {factors} do not fit {student.shape[1]} student and "
+            f"{teacher.shape[1]} teacher frames ({long_s} vs {long_t} after repeating): the "
+            "teacher store or the student differs from the paper's; name the store otherwise "
+            "(computed factors) or use align='mean'"
+        )
+    student = student.repeat_interleave(factors[0], dim=1)
+    teacher = teacher.repeat_interleave(factors[1], dim=1)
+    frames = min(long_s, long_t)
     return student[:, :frames], teacher[:, :frames]
 
 
@@ -84,13 +119,13 @@ def _check_pair(student: Tensor, teacher: Tensor) -> None:
 def pairwise_distances(x: Tensor) -> Tensor:
     """Euclidean distances between rows, per frame: (T, N, F) → (T, N, N).
 
-    The diagonal is exactly 0 and the gradient is finite everywhere, also for identical rows
-    (squared distances are clamped away from 0 before the square root).
+    ``sqrt(sum_f (x_if − x_jf)² + 1e-12)``, from the differences themselves: the Gram-matrix
+    identity ``|x_i|² + |x_j|² − 2 x_i·x_j`` cancels catastrophically in float32 when the rows
+    share a large offset. The 1e-12 keeps the gradient finite for identical rows (the diagonal is
+    therefore 1e-6, not 0, as in the official implementation). Memory: a (T, N, N, F) temporary.
     """
-    squared = (x * x).sum(dim=-1)
-    d2 = squared.unsqueeze(-1) + squared.unsqueeze(-2) - 2.0 * x @ x.transpose(-1, -2)
-    off_diagonal = ~torch.eye(x.shape[-2], dtype=torch.bool, device=x.device)
-    return torch.where(off_diagonal, d2.clamp(min=_EPS).sqrt(), torch.zeros_like(d2))
+    diff = x.unsqueeze(-2) - x.unsqueeze(-3)
+    return (diff.square().sum(dim=-1) + _DISTANCE_EPS).sqrt()
 
 
 def double_centre(a: Tensor) -> Tensor:
@@ -106,15 +141,16 @@ def double_centre(a: Tensor) -> Tensor:
 def distance_correlation(student: Tensor, teacher: Tensor) -> Tensor:
     """Per-frame distance correlation over the batch: (N, T, C), (N, T, D) → r of shape (T,).
 
-    r_t = mean(Â∘B̂) / sqrt(mean(Â∘Â)·mean(B̂∘B̂)) with Â, B̂ the double-centred pairwise
-    distance matrices of frame t (the squared-dCov form of the paper; r ∈ [0, 1]).
+    r_t = mean(Â∘B̂) / sqrt(mean(Â∘Â)·mean(B̂∘B̂) + 1e-9) with Â, B̂ the double-centred pairwise
+    distance matrices (:func:`pairwise_distances`) of frame t (the squared-dCov form of the
+    paper; r ∈ [0, 1]). A batch of identical clips gives r = 0, with finite gradients.
     """
     _check_pair(student, teacher)
     a = double_centre(pairwise_distances(student.transpose(0, 1)))
     b = double_centre(pairwise_distances(teacher.transpose(0, 1)))
     covariance = (a * b).mean(dim=(-2, -1))
     variances = (a * a).mean(dim=(-2, -1)) * (b * b).mean(dim=(-2, -1))
-    return covariance / variances.clamp(min=_EPS).sqrt()
+    return covariance / (variances + _VARIANCE_EPS).sqrt()
 
 
 def distance_correlation_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -163,19 +199,28 @@ def teacher_regulariser(
     regulariser: Regulariser = "dc",
     teacher_weights: Sequence[float] | None = None,
     align_mode: AlignMode = "repeat",
+    time_factors: Sequence[Factors | None] | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Weighted mean of one regulariser over several teachers.
 
     student_features: (N, Ts, C); each teacher (N, Tt_k, D_k). Weights default to equal and are
-    normalised to sum 1. Returns the combined scalar and the per-teacher scalars.
+    normalised to sum 1. ``time_factors``: per teacher the (student, teacher) repeat factors of
+    :func:`align`, ``None`` for computed ones (the default for every teacher). Returns the
+    combined scalar and the per-teacher scalars.
     """
     if not teachers:
         raise ValueError("need at least one teacher")
     weights = [1.0] * len(teachers) if teacher_weights is None else list(teacher_weights)
     if len(weights) != len(teachers) or sum(weights) <= 0:
         raise ValueError(f"bad teacher weights {weights} for {len(teachers)} teachers")
+    factors = [None] * len(teachers) if time_factors is None else list(time_factors)
+    if len(factors) != len(teachers):
+        raise ValueError(f"{len(factors)} time factors for {len(teachers)} teachers")
     loss_fn = _REGULARISERS[regulariser]
-    parts = [loss_fn(*align(student_features, t, mode=align_mode)) for t in teachers]
+    parts = [
+        loss_fn(*align(student_features, t, mode=align_mode, factors=f))
+        for t, f in zip(teachers, factors, strict=True)
+    ]
     combined = torch.stack([w * part for w, part in zip(weights, parts, strict=True)]).sum()
     return combined / sum(weights), parts
 
@@ -191,6 +236,7 @@ def east_loss(
     regulariser: Regulariser = "dc",
     teacher_weights: Sequence[float] | None = None,
     align_mode: AlignMode = "repeat",
+    time_factors: Sequence[Factors | None] | None = None,
     teacher_logits: Tensor | None = None,
     kd_weight: float = 0.3,
     reg_weight: float = 0.7,
@@ -200,8 +246,9 @@ def east_loss(
 
     student_logits, labels, mask: (N, classes); student_features: (N, Ts, C) from the student's
     last conv stage; teachers: embeddings (N, Tt_k, D_k); teacher_logits: (N, classes) from the
-    frozen linear probe. λ = 0 returns exactly the masked BCE (the baseline) and needs no
-    features or teachers. Returns the total and its parts as floats for logging.
+    frozen linear probe; ``time_factors`` as in :func:`teacher_regulariser`. λ = 0 returns
+    exactly the masked BCE (the baseline) and needs no features or teachers. Returns the total
+    and its parts as floats for logging.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must lie in [0, 1], got {lam}")
@@ -218,6 +265,7 @@ def east_loss(
         regulariser=regulariser,
         teacher_weights=teacher_weights,
         align_mode=align_mode,
+        time_factors=time_factors,
     )
     logs[regulariser] = reg.item()
     logs.update({f"{regulariser}/{k}": part.item() for k, part in enumerate(per_teacher)})

@@ -1,10 +1,18 @@
 """Linear probes: a frozen linear classifier on cached teacher embeddings.
 
-The probe standardises the time-mean of a teacher's embedding sequence with the training split's
-statistics and applies one linear layer. It is the soft-target source of EAsT-KD and, evaluated
-on the test split, the reference line of how well the teacher alone does. Being linear, a probe
-applied to mixed-up embeddings equals the same mix of its logits, so it can run on the batches
-the student sees.
+As the official ``PretrainedFeatureClassifier``, a probe averages a teacher's embedding sequence
+over time and applies one linear layer to the raw average — the cached embeddings after the
+teacher's load normalisation only (VGGish (x − 128)/256, OpenL3 x − 2.24, others as stored; see
+:class:`pipeline.loader.ClipDataset`), no standardisation. It is the soft-target source of
+EAsT-KD and, evaluated on the test split, the reference line of how well the teacher alone does.
+Being linear, a probe applied to mixed-up embeddings equals the same mix of its logits, so it can
+run on the batches the student sees.
+
+Training follows the official ``lr_*.json`` configs: SGD without momentum or weight decay,
+batches of 16, gradient norm clipped at 1, the learning rate ×0.1 after a validation loss that
+did not improve for more than 1 epoch, stopping after 3 epochs without a lower one (or after
+``max_steps`` optimiser steps), keeping the epoch of the best validation mAP
+(:func:`pipeline.schedule.review`).
 """
 
 from __future__ import annotations
@@ -17,20 +25,33 @@ from torch import Tensor, nn
 
 from pipeline.losses import masked_bce
 from pipeline.metrics import mean_average_precision
+from pipeline.schedule import best_epoch, review
 
 
 class LinearProbe(nn.Module):
-    """(N, T, D) or (N, D) embeddings → (N, n_classes) logits."""
+    """(N, T, D) or (N, D) embeddings → (N, n_classes) logits: time mean, then a linear layer."""
 
-    def __init__(self, mean: Tensor, std: Tensor, n_classes: int) -> None:
+    def __init__(self, n_inputs: int, n_classes: int) -> None:
         super().__init__()
-        self.register_buffer("mean", mean.clone().float())
-        self.register_buffer("std", std.clone().float())
-        self.linear = nn.Linear(len(mean), n_classes)
+        self.linear = nn.Linear(n_inputs, n_classes)
 
     def forward(self, embeddings: Tensor) -> Tensor:
         x = embeddings.mean(dim=1) if embeddings.ndim == 3 else embeddings
-        return self.linear((x - self.mean) / self.std)
+        return self.linear(x)
+
+
+def batchwise_bce(logits: Tensor, labels: Tensor, mask: Tensor, *, batch_size: int) -> float:
+    """Masked BCE of consecutive batches of ``batch_size`` clips, averaged weighted by clips.
+
+    The epoch figure Lightning logs for a validation loss computed per batch. logits, labels,
+    mask: (N, C).
+    """
+    total = 0.0
+    for start in range(0, len(logits), batch_size):
+        part = slice(start, start + batch_size)
+        loss = masked_bce(logits[part], labels[part], mask[part].bool())
+        total += loss.item() * len(logits[part])
+    return total / max(len(logits), 1)
 
 
 def fit_probe(
@@ -42,61 +63,85 @@ def fit_probe(
     valid_mask: np.ndarray,
     *,
     lr: float = 0.1,
-    max_epochs: int = 100,
-    batch_size: int = 64,
+    max_steps: int = 80_000,
+    max_epochs: int | None = None,
+    batch_size: int = 16,
+    grad_clip: float = 1.0,
+    plateau_factor: float = 0.1,
     plateau_patience: int = 1,
     early_stop_patience: int = 3,
     seed: int = 0,
 ) -> tuple[LinearProbe, dict[str, float]]:
-    """Train a probe with SGD on masked BCE; keep the epoch with the lowest validation loss.
+    """Train a probe with SGD on masked BCE; keep the epoch with the highest validation mAP.
 
-    x: (N, D) time-mean embeddings; y, mask: (N, C). The learning rate drops ×0.1 after
-    ``plateau_patience`` epochs without improvement; training stops after
-    ``early_stop_patience``. Returns the probe (eval mode, frozen) and its validation figures.
+    Parameters
+    ----------
+    train_x, valid_x :
+        (N, D) time-mean embeddings (the probe's mean over time comes first, so the mean of a
+        clip's frames is all it sees), raw: not standardised.
+    train_y, train_mask, valid_y, valid_mask :
+        (N, C) labels and known-label masks.
+    lr, max_steps, max_epochs, batch_size, grad_clip :
+        SGD step size, limits (whichever comes first; an epoch cut short by ``max_steps`` is
+        not validated), clips per step, max gradient norm.
+    plateau_factor, plateau_patience, early_stop_patience :
+        The schedule on the validation loss (:func:`pipeline.schedule.review`).
+
+    Returns the probe (eval mode, frozen) and its figures: validation loss and mAP of the kept
+    epoch, epochs and steps run, the kept epoch (1-based).
     """
     generator = torch.Generator().manual_seed(seed)
     x, y, m = (torch.as_tensor(a) for a in (train_x, train_y, train_mask))
     vx, vy, vm = (torch.as_tensor(a) for a in (valid_x, valid_y, valid_mask))
-    x = x.float()
-    vx = vx.float()
-    std = x.std(dim=0).clamp(min=1e-6) if len(x) > 1 else torch.ones(x.shape[1])
+    x, vx, m, vm = x.float(), vx.float(), m.bool(), vm.bool()
     torch.manual_seed(seed)
-    probe = LinearProbe(x.mean(dim=0), std, y.shape[1])
-    optimizer = torch.optim.SGD(probe.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=0.1, patience=plateau_patience
-    )
-    best_loss, best_state, best_epoch, bad_epochs = float("inf"), None, 0, 0
-    for epoch in range(max_epochs):
+    probe = LinearProbe(x.shape[1], y.shape[1])
+    optimizer = torch.optim.SGD(probe.parameters(), lr=lr, weight_decay=0.0)
+    losses: list[float] = []
+    maps: list[float] = []
+    best_state, steps = None, 0
+    while (max_epochs is None or len(losses) < max_epochs) and steps < max_steps:
         probe.train()
-        for idx in torch.randperm(len(x), generator=generator).split(batch_size):
-            loss = masked_bce(probe(x[idx]), y[idx], m[idx].bool())
+        batches = torch.randperm(len(x), generator=generator).split(batch_size)
+        taken = batches[: max_steps - steps]
+        for idx in taken:
+            loss = masked_bce(probe(x[idx]), y[idx], m[idx])
             optimizer.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(probe.parameters(), grad_clip)
             optimizer.step()
+        steps += len(taken)
+        if len(taken) < len(batches):
+            break
         probe.eval()
         with torch.no_grad():
-            valid_loss = masked_bce(probe(vx), vy, vm.bool()).item()
-        scheduler.step(valid_loss)
-        if valid_loss < best_loss:
-            best_loss, best_state, best_epoch, bad_epochs = (
-                valid_loss,
-                copy.deepcopy(probe.state_dict()),
-                epoch,
-                0,
-            )
-        else:
-            bad_epochs += 1
-            if bad_epochs >= early_stop_patience:
-                break
-    probe.load_state_dict(best_state)
+            logits = probe(vx)
+        losses.append(batchwise_bce(logits, vy, vm, batch_size=batch_size))
+        maps.append(mean_average_precision(torch.sigmoid(logits).numpy(), valid_y, valid_mask))
+        decision = review(
+            losses,
+            maps,
+            lr=lr,
+            factor=plateau_factor,
+            plateau_patience=plateau_patience,
+            early_stop_patience=early_stop_patience,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = decision.lr
+        if decision.best_epoch == len(losses):
+            best_state = copy.deepcopy(probe.state_dict())
+        if decision.stop:
+            break
+    if best_state is not None:
+        probe.load_state_dict(best_state)
     probe.eval().requires_grad_(False)
     with torch.no_grad():
-        scores = torch.sigmoid(probe(vx)).numpy()
+        logits = probe(vx)
     info = {
-        "valid_loss": best_loss,
-        "valid_map": mean_average_precision(scores, valid_y, valid_mask),
-        "epochs": epoch + 1,
-        "best_epoch": best_epoch + 1,
+        "valid_loss": batchwise_bce(logits, vy, vm, batch_size=batch_size),
+        "valid_map": mean_average_precision(torch.sigmoid(logits).numpy(), valid_y, valid_mask),
+        "epochs": len(losses),
+        "steps": steps,
+        "best_epoch": best_epoch(maps),
     }
     return probe, info

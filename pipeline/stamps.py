@@ -27,7 +27,14 @@ STAGES: dict[str, tuple[list[str], list[str]]] = {
     "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS"], ["datasets/*.py"]),
     "extract": (
         ["DATASET", "WEIGHTS", "TEACHER_OPTS"],
-        ["extract.py", "teachers/__init__.py", "teachers/tf_checkpoint.py", "teachers/{name}.py"],
+        [
+            "extract.py",
+            "features.py",
+            "melbanks.py",
+            "teachers/__init__.py",
+            "teachers/tf_checkpoint.py",
+            "teachers/{name}.py",
+        ],
     ),
     "train": (
         ["DATASET", "TEACHER", "STUDENT", "FRONTEND", "LOSS", "LAMBDA", "KD", "SETTINGS"],
@@ -39,6 +46,8 @@ STAGES: dict[str, tuple[list[str], list[str]]] = {
             "probe.py",
             "metrics.py",
             "features.py",
+            "melbanks.py",
+            "schedule.py",
             "extract.py",
             "students/*.py",
         ],

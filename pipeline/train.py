@@ -4,10 +4,19 @@ Read top to bottom: data → run folder → model and optimiser → (resume) →
 train / validate / checkpoint / log → summary. Teachers never run here; their embeddings
 stream from the stores next to the mels.
 
+The recipe is the official one. A training step: SpecAugment on each clip (its own masks) →
+per-clip mixup with a partner drawn from the whole training split → (1 − λ)·BCE + λ·regulariser
+→ Adam step with the gradient norm clipped. Each epoch ends with validation: the same objective
+on the validation clips and their teacher embeddings (no augmentation), in batches of
+``batch_size``, and mAP. The validation *total loss* drives the learning-rate plateau schedule and
+early stopping, the validation *mAP* picks ``best.pt`` (:mod:`pipeline.schedule`). A run ends at
+``max_steps`` optimiser steps, ``max_epochs`` epochs or early stopping, whichever comes first.
+
 Determinism: the model is initialised from ``seed``; every epoch reseeds torch and the
-augmentation generator from (seed, epoch) and the sampler orders clips from (seed, epoch).
-``last.pt`` holds everything else (weights, optimiser, schedule, early-stopping state, history),
-so a run killed at any moment and started again ends with the metrics of an uninterrupted run.
+augmentation generator from (seed, epoch) and the sampler orders clips (and draws mixup
+partners) from (seed, epoch). ``last.pt`` holds everything else (weights, optimiser, step count,
+history — the schedule is replayed from it), so a run killed at any moment and started again
+ends with the metrics of an uninterrupted run.
 
 Several processes (``torchrun``, data-parallel): when ``WORLD_SIZE`` > 1 in the environment,
 :func:`train` joins the process group (gloo on the CPU, nccl on CUDA with ``cuda:LOCAL_RANK``
@@ -19,9 +28,10 @@ depend on it. Each process reads whole store shards of its own (:class:`ShardAwa
 its rank), cut every epoch to the length of the shortest rank's share so that every process
 takes the same number of steps. What is computed per process, on its local batch of
 ``batch_size // W`` clips, is everything batch-relational: the EAsT regulariser (distance
-correlation or cosine-distance difference between the clips of the batch), BatchNorm statistics,
-mixup partners and the KD term; these see fewer clips than in a single process, so the
-results are close to, not identical with, a one-process run. Rank 0 alone validates (the others
+correlation or cosine-distance difference between the clips of the batch), BatchNorm statistics
+and the KD term; these see fewer clips than in a single process, so the results are close to,
+not identical with, a one-process run. Mixup partners come from the whole training split on
+every process, from a stream of each rank's own. Rank 0 alone validates (the others
 wait for its figures, which drive the schedule and early stopping on every rank), fits the KD
 probes (saved, then loaded by the others), writes checkpoints, metrics, TensorBoard and the
 summary, and prints. On resume every process loads ``last.pt``; epochs are reseeded from
@@ -31,11 +41,12 @@ summary, and prints. On resume every process loads ``last.pt``; epochs are resee
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,17 +57,27 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 from tqdm.auto import tqdm
 
 import pipeline
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.loader import ClipDataset, ShardAwareSampler, collate, mixup, spec_augment
-from pipeline.losses import east_loss, masked_bce
+from pipeline.features import frontend_config
+from pipeline.loader import (
+    ClipDataset,
+    EvenShardSampler,
+    MixupBatchSampler,
+    collate,
+    draw_mixup,
+    mixup,
+    spec_augment,
+)
+from pipeline.losses import east_loss
 from pipeline.manifest import clip_difference
 from pipeline.metrics import label_frequency_map, mean_average_precision
 from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest, runs_path
 from pipeline.probe import LinearProbe, fit_probe
+from pipeline.schedule import Review, review
 from pipeline.store import StoreError, read_store
 from pipeline.students import Student, count_parameters, create_student
 
@@ -175,52 +196,6 @@ def _mean_over_processes(
     return {k: v / procs.world_size for k, v in zip(keys, values.tolist(), strict=True)}
 
 
-class EvenShardSampler(Sampler[int]):
-    """This process's share of the shard-aware order, cut so that every process steps alike.
-
-    Every optimiser step all-reduces gradients, so all processes must take the same number of
-    steps. The shard-dealing :class:`ShardAwareSampler` gives ranks piles of different sizes;
-    each epoch, every process therefore keeps the first ``min over ranks`` items of its pile,
-    rounded down to whole batches of ``batch_size``. All ranks compute this from the same
-    (seed, epoch), with no communication. At most about one shard of clips per rank is left
-    out per epoch, and a different one each epoch. With one process the items and batches are
-    those of the plain sampler with ``drop_last``.
-    """
-
-    def __init__(
-        self,
-        shard_ids: Sequence[int],
-        *,
-        batch_size: int,
-        window: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if len(np.unique(np.asarray(shard_ids))) < world_size:
-            raise ConfigError(
-                f"the training split spans {len(np.unique(np.asarray(shard_ids)))} store "
-                f"shard(s), fewer than the {world_size} processes: each process reads whole "
-                "shards, so use fewer processes"
-            )
-        self.rank, self.batch_size = rank, batch_size
-        self._ranks = [
-            ShardAwareSampler(shard_ids, window=window, seed=seed, rank=r, world_size=world_size)
-            for r in range(world_size)
-        ]
-
-    def set_epoch(self, epoch: int) -> None:
-        for sampler in self._ranks:
-            sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        shortest = min(len(sampler) for sampler in self._ranks)
-        return shortest - shortest % self.batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._ranks[self.rank].order()[: len(self)].tolist())
-
-
 def store_paths(cfg: TrainConfig, data_dir: Path) -> tuple[Path, list[Path]]:
     """The mel store and the teacher stores a config reads (``.zarr``, else ``.h5``)."""
     mel = locate_store(data_dir, cfg.dataset, mel_store_name(cfg.frontend))
@@ -239,17 +214,13 @@ def _fit_probes(
 ) -> list[LinearProbe]:
     """One frozen linear probe per teacher for KD, trained once and kept in the run folder."""
     probes = []
-    for k, teacher in enumerate(cfg.teachers):
+    for k, (teacher, lr) in enumerate(zip(cfg.teachers, cfg.probe_lrs, strict=True)):
         path = run_dir / f"probe-{teacher}.pt"
+        probe = LinearProbe(train_set.teacher_shapes[k][1], len(train_set.classes))
         if path.is_file():
-            saved = torch.load(path, weights_only=True)
-            probe = LinearProbe(saved["mean"], saved["std"], len(train_set.classes))
-            probe.load_state_dict(saved)
+            probe.load_state_dict(torch.load(path, weights_only=True))
         else:
-            inputs = [
-                np.stack([item["teachers"][k].mean(dim=0).numpy() for item in dataset])
-                for dataset in (train_set, valid_set)
-            ]
+            inputs = [dataset.mean_embeddings(k) for dataset in (train_set, valid_set)]
             probe, info = fit_probe(
                 inputs[0],
                 train_set.labels,
@@ -257,8 +228,8 @@ def _fit_probes(
                 inputs[1],
                 valid_set.labels,
                 valid_set.mask,
-                lr=cfg.probe_lr,
-                max_epochs=cfg.probe_epochs,
+                lr=lr,
+                max_steps=cfg.probe_max_steps,
                 seed=cfg.seed,
             )
             _save_atomic(probe.state_dict(), path)
@@ -266,6 +237,56 @@ def _fit_probes(
             print(f"linear probe on {teacher}: valid mAP {info['valid_map']:.3f}")
         probes.append(probe.eval().requires_grad_(False))
     return probes
+
+
+def mask_fill(frontend: str) -> float:
+    """SpecAugment's fill: where a log-mel of 0 lands after the front end's normalisation.
+
+    The official featurizer masks the log-mel with 0 before normalising; the mel store holds
+    ``(log-mel + norm_shift) / norm_scale``, hence ``norm_shift / norm_scale``.
+    """
+    config = frontend_config(frontend)
+    return config.norm_shift / config.norm_scale
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    moved = {k: batch[k].to(device, non_blocking=True) for k in ("mel", "labels", "mask")}
+    moved["teachers"] = [t.to(device, non_blocking=True) for t in batch["teachers"]]
+    return {**batch, **moved}
+
+
+def objective(
+    cfg: TrainConfig,
+    probes: Sequence[LinearProbe],
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    batch: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(1 − λ)·BCE + λ·regulariser of a batch on the device, and its parts for logging.
+
+    The regulariser is the teacher term (with KD from the frozen ``probes``, applied to the
+    batch's — possibly mixed — embeddings, for EAsT-KD), as :func:`pipeline.losses.east_loss`.
+    """
+    teacher_logits = None
+    if probes:
+        teacher_logits = torch.stack(
+            [p(t) for p, t in zip(probes, batch["teachers"], strict=True)]
+        ).mean(dim=0)
+    return east_loss(
+        logits,
+        batch["labels"],
+        batch["mask"],
+        features,
+        batch["teachers"],
+        lam=cfg.regulariser_weight,
+        regulariser=cfg.loss,
+        teacher_weights=cfg.teacher_weights,
+        align_mode=cfg.align,
+        time_factors=cfg.time_factors,
+        teacher_logits=teacher_logits,
+        kd_weight=cfg.kd_weight,
+        reg_weight=1.0 - cfg.kd_weight,
+    )
 
 
 def train_one_epoch(
@@ -279,48 +300,36 @@ def train_one_epoch(
     bar: tqdm,
     *,
     world_size: int = 1,
+    max_steps: int | None = None,
 ) -> dict[str, float]:
-    """One pass over this process's part of the training split.
+    """One pass over this process's part of the training split (at most ``max_steps`` steps).
 
-    ``model`` is a :class:`Student` or one wrapped in ``DistributedDataParallel``; the loss,
-    including the teacher regulariser, is computed on the loader's (local) batches. The
-    progress bar counts the clips of all ``world_size`` processes. Returns the mean over this
-    process's steps of each logged loss part.
+    ``model`` is a :class:`Student` or one wrapped in ``DistributedDataParallel``. Per batch:
+    SpecAugment on every clip, then (``mixup_alpha`` > 0) each clip mixed with the partner the
+    loader appended (:class:`pipeline.loader.MixupBatchSampler`), then :func:`objective` on the
+    (local) batch. The progress bar counts the clips of all ``world_size`` processes. Returns
+    the mean over this process's steps of each logged loss part.
     """
     model.train()
+    fill = mask_fill(cfg.frontend)
     sums: dict[str, float] = {}
     steps = 0
-    for batch in loader:
-        if cfg.mixup_alpha > 0:
-            batch = mixup(batch, alpha=cfg.mixup_alpha, generator=generator)
-        mel = batch["mel"].to(device, non_blocking=True)
+    for batch in loader if max_steps is None else itertools.islice(loader, max_steps):
+        batch = _to_device(batch, device)
         if cfg.specaug_freq or cfg.specaug_time:
-            mel = spec_augment(
-                mel, freq_mask=cfg.specaug_freq, time_mask=cfg.specaug_time, generator=generator
+            batch["mel"] = spec_augment(
+                batch["mel"],
+                freq_mask=cfg.specaug_freq,
+                time_mask=cfg.specaug_time,
+                fill=fill,
+                generator=generator,
             )
-        labels = batch["labels"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True)
-        teachers = [t.to(device, non_blocking=True) for t in batch["teachers"]]
+        if cfg.mixup_alpha > 0:
+            lam = draw_mixup(len(batch["mel"]) // 2, alpha=cfg.mixup_alpha, generator=generator)
+            batch = mixup(batch, lam=lam)
 
-        logits, features = model(mel)
-        teacher_logits = None
-        if probes:
-            teacher_logits = torch.stack([p(t) for p, t in zip(probes, teachers, strict=True)])
-            teacher_logits = teacher_logits.mean(dim=0)
-        loss, logs = east_loss(
-            logits,
-            labels,
-            mask,
-            features,
-            teachers,
-            lam=cfg.regulariser_weight,
-            regulariser=cfg.loss,
-            teacher_weights=cfg.teacher_weights,
-            align_mode=cfg.align,
-            teacher_logits=teacher_logits,
-            kd_weight=cfg.kd_weight,
-            reg_weight=1.0 - cfg.kd_weight,
-        )
+        logits, features = model(batch["mel"])
+        loss, logs = objective(cfg, probes, logits, features, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -329,7 +338,7 @@ def train_one_epoch(
         steps += 1
         for key, value in logs.items():
             sums[key] = sums.get(key, 0.0) + value
-        bar.update(len(mel) * world_size)
+        bar.update(len(logits) * world_size)
         rate = bar.format_dict["n"] / max(bar.format_dict["elapsed"], 1e-9)
         bar.set_postfix(loss=f"{sums['total'] / steps:.4f}", clips_s=f"{rate:.1f}")
     return {key: value / max(steps, 1) for key, value in sums.items()}
@@ -342,15 +351,38 @@ def predict_logits(model: Student, loader: DataLoader, device: torch.device) -> 
     return torch.cat([model(batch["mel"].to(device))[0].float().cpu() for batch in loader])
 
 
+@torch.no_grad()
 def validate(
-    model: Student, loader: DataLoader, dataset: ClipDataset, device: torch.device
+    model: Student,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    probes: Sequence[LinearProbe],
+    device: torch.device,
 ) -> dict[str, float]:
-    """Masked BCE (the quantity schedules and early stopping watch) and mAP on a split."""
-    logits = predict_logits(model, loader, device)
-    labels, mask = torch.as_tensor(dataset.labels), torch.as_tensor(dataset.mask)
+    """The training objective without augmentation, and mAP, on the loader's split.
+
+    ``"loss"`` is the total (1 − λ)·BCE + λ·regulariser that the schedule and early stopping
+    watch; the other parts (``"bce"``, ``"dc"``, ``"kd"``, …) come as logged in training. Each
+    is computed per batch (the regulariser compares a batch's clips) and averaged weighted by
+    the batches' clip counts, as Lightning's epoch figures are. ``"map"`` is over the split.
+    """
+    model.eval()
+    sums: dict[str, float] = {}
+    chunks = []
+    for batch in loader:
+        batch = _to_device(batch, device)
+        logits, features = model(batch["mel"])
+        _, logs = objective(cfg, probes, logits, features, batch)
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + value * len(logits)
+        chunks.append(logits.float().cpu())
+    scores = torch.sigmoid(torch.cat(chunks)).numpy()
+    dataset: ClipDataset = loader.dataset  # type: ignore[assignment]
+    clips = len(scores)
     return {
-        "loss": masked_bce(logits, labels, mask).item(),
-        "map": mean_average_precision(torch.sigmoid(logits).numpy(), dataset.labels, dataset.mask),
+        "loss": sums["total"] / clips,
+        **{key: value / clips for key, value in sums.items() if key != "total"},
+        "map": mean_average_precision(scores, dataset.labels, dataset.mask),
     }
 
 
@@ -360,31 +392,43 @@ def _loaders(
     valid_set: ClipDataset,
     device: torch.device,
     procs: Processes,
-) -> tuple[DataLoader, EvenShardSampler, DataLoader | None]:
-    """Training loader of this process's shards; the validation loader on rank 0 only."""
+) -> tuple[DataLoader, EvenShardSampler | MixupBatchSampler, DataLoader | None]:
+    """Training loader of this process's shards; the validation loader on rank 0 only.
+
+    Also returns what to call ``set_epoch`` on. With mixup, each training batch carries its
+    clips' partners, drawn from the whole split (:class:`MixupBatchSampler`). Validation takes
+    batches of the global ``batch_size`` in split order, as the official run did.
+    """
     batch_size = per_process_batch(cfg.batch_size, procs.world_size)
-    sampler = EvenShardSampler(
-        train_set.shard_ids,
-        batch_size=batch_size,
-        window=cfg.shard_window,
-        seed=cfg.seed,
-        rank=procs.rank,
-        world_size=procs.world_size,
-    )
+    try:
+        sampler = EvenShardSampler(
+            train_set.shard_ids,
+            batch_size=batch_size,
+            window=cfg.shard_window,
+            seed=cfg.seed,
+            rank=procs.rank,
+            world_size=procs.world_size,
+        )
+    except ValueError as err:  # fewer shards than processes
+        raise ConfigError(str(err)) from None
+    # Whole batches only: BatchNorm and the batch-relational regularisers need N > 1.
+    batches: Sampler[list[int]] = BatchSampler(sampler, batch_size, drop_last=True)
+    epochs: EvenShardSampler | MixupBatchSampler = sampler
+    if cfg.mixup_alpha > 0:
+        batches = epochs = MixupBatchSampler(
+            sampler, batch_size=batch_size, n_items=len(train_set), seed=cfg.seed, rank=procs.rank
+        )
     common = {
         "collate_fn": collate,
         "num_workers": cfg.workers,
         "persistent_workers": cfg.workers > 0,
         "pin_memory": device.type == "cuda",
     }
-    # Whole batches only: BatchNorm and the batch-relational regularisers need N > 1.
-    train_loader = DataLoader(
-        train_set, batch_size=batch_size, sampler=sampler, drop_last=True, **common
-    )
+    train_loader = DataLoader(train_set, batch_sampler=batches, **common)
     valid_loader = None
     if procs.main:
-        valid_loader = DataLoader(valid_set, batch_size=2 * cfg.batch_size, shuffle=False, **common)
-    return train_loader, sampler, valid_loader
+        valid_loader = DataLoader(valid_set, batch_size=cfg.batch_size, shuffle=False, **common)
+    return train_loader, epochs, valid_loader
 
 
 def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = True) -> TrainResult:
@@ -471,6 +515,8 @@ def _train(
     resolved = {
         **cfg.as_dict(),
         "lam": cfg.regulariser_weight,
+        "time_factors": cfg.time_factors,
+        "probe_lrs": cfg.probe_lrs,
         "run": run_dir.name,
         "classes": list(manifest.classes),
         "n_mels": train_set.n_mels,
@@ -488,7 +534,7 @@ def _train(
             run_dir / "stores.json", json.dumps(stores, indent=2, ensure_ascii=False)
         )
 
-    # -- model, optimiser, schedule ----------------------------------------------------------------
+    # -- model, optimiser ----------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     student = create_student(
         cfg.student,
@@ -497,9 +543,6 @@ def _train(
         **cfg.student_options,
     ).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience
-    )
     probes: list[LinearProbe] = []
     if cfg.kd:
         # Rank 0 fits and saves the probes; the others then load its files.
@@ -509,18 +552,16 @@ def _train(
         if not main:
             probes = _fit_probes(cfg, train_set, valid_set, run_dir)
         probes = [p.to(device) for p in probes]
-    train_loader, sampler, valid_loader = _loaders(cfg, train_set, valid_set, device, procs)
+    train_loader, epochs, valid_loader = _loaders(cfg, train_set, valid_set, device, procs)
 
-    state = {"epoch": 0, "best_map": -math.inf, "best_epoch": 0, "best_loss": math.inf}
-    state |= {"bad_epochs": 0, "history": [], "seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "seconds": 0.0}
     last_path = run_dir / "last.pt"
     if last_path.is_file():
         checkpoint = torch.load(last_path, map_location=device, weights_only=True)
         student.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
         state = checkpoint["state"]
-        say(f"{run_dir}: resuming after epoch {state['epoch']}")
+        say(f"{run_dir}: resuming after epoch {state['epoch']} (step {state['step']})")
     resumed_from = state["epoch"]
     _barrier(procs)  # every process has read last.pt before rank 0 may replace it
     model: nn.Module = student
@@ -540,17 +581,21 @@ def _train(
     writer = _tensorboard(run_dir, purge_step=resumed_from) if main else None
 
     # -- epochs ------------------------------------------------------------------------------
-    while state["epoch"] < cfg.max_epochs and state["bad_epochs"] < cfg.early_stop_patience:
+    decision, stopped = _review(cfg, state)
+    while stopped is None:
         epoch = state["epoch"]
         started = time.perf_counter()
         torch.manual_seed(_rank_seed(cfg.seed, epoch, procs.rank))
         generator = torch.Generator().manual_seed(_rank_seed(cfg.seed, epoch, procs.rank))
-        sampler.set_epoch(epoch)
-        clips = len(train_loader) * cfg.batch_size  # of all processes
+        epochs.set_epoch(epoch)
+        steps = len(train_loader)
+        if cfg.max_steps is not None:
+            steps = min(steps, cfg.max_steps - state["step"])
+        lr = optimizer.param_groups[0]["lr"]
         with tqdm(
-            total=clips,
+            total=steps * cfg.batch_size,  # clips of all processes
             unit="clip",
-            desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
+            desc=f"epoch {epoch + 1}" + (f"/{cfg.max_epochs}" if cfg.max_epochs else ""),
             # None: off when not writing to a terminal
             disable=None if progress and main else True,
             leave=False,
@@ -565,41 +610,41 @@ def _train(
                 device,
                 bar,
                 world_size=procs.world_size,
+                max_steps=steps,
             )
+        state["step"] += steps
+        if steps < len(train_loader):  # max_steps reached inside the epoch: as in Lightning,
+            stopped = "max_steps"  # the cut epoch is not validated
+            break
         train_logs = _mean_over_processes(procs, train_logs, device)
         # Rank 0's figures drive the schedule and early stopping on every process alike.
         valid = _from_main(
-            procs, validate(student, valid_loader, valid_set, device) if main else None
+            procs, validate(student, valid_loader, cfg, probes, device) if main else None
         )
-        scheduler.step(valid["loss"])
         seconds = time.perf_counter() - started
 
         state["epoch"] = epoch + 1
         state["seconds"] += seconds
-        if valid["loss"] < state["best_loss"]:
-            state["best_loss"], state["bad_epochs"] = valid["loss"], 0
-        else:
-            state["bad_epochs"] += 1
-        improved = valid["map"] > state["best_map"]
-        if improved:
-            state["best_map"], state["best_epoch"] = valid["map"], epoch + 1
         row = {
             "epoch": epoch + 1,
+            "step": state["step"],
             **{f"train_{k}": float(v) for k, v in train_logs.items()},
-            "valid_loss": valid["loss"],
-            "valid_map": valid["map"],
-            "lr": optimizer.param_groups[0]["lr"],
+            **{f"valid_{k}": float(v) for k, v in valid.items()},
+            "lr": lr,
             "seconds": seconds,
-            "clips_per_s": clips / seconds,
+            "clips_per_s": steps * cfg.batch_size / seconds,
         }
         state["history"].append(row)
+        decision, stopped = _review(cfg, state)
+        for group in optimizer.param_groups:
+            group["lr"] = decision.lr
         if main:
-            if improved:
+            if decision.best_epoch == epoch + 1:
                 _save_atomic(
                     _inference_checkpoint(student, resolved, epoch + 1, valid),
                     run_dir / "best.pt",
                 )
-            _save_epoch(run_dir, student, optimizer, scheduler, state, writer, row)
+            _save_epoch(run_dir, student, optimizer, state, writer, row)
         say(
             f"epoch {epoch + 1}: train loss {train_logs.get('total', float('nan')):.4f}, "
             f"valid loss {valid['loss']:.4f}, valid mAP {valid['map']:.4f}, "
@@ -608,13 +653,17 @@ def _train(
     if writer is not None:
         writer.close()
 
+    best = decision.best_epoch
+    best_map = state["history"][best - 1]["valid_map"] if best else -math.inf
     if main:
         summary = {
             "run": run_dir.name,
-            "best_epoch": state["best_epoch"],
-            "best_valid_map": state["best_map"],
+            "best_epoch": best,
+            "best_valid_map": best_map,
             "epochs": state["epoch"],
-            "stopped_early": state["epoch"] < cfg.max_epochs,
+            "steps": state["step"],
+            "stopped_by": stopped,
+            "stopped_early": stopped == "early_stopping",
             "label_frequency_valid_map": chance,
             "parameters": n_params,
             "train_seconds": state["seconds"],
@@ -624,10 +673,30 @@ def _train(
         }
         _write_text_atomic(summary_path, json.dumps(summary, indent=2))
     _barrier(procs)  # the summary exists when any process returns
-    say(f"{run_dir}: best valid mAP {state['best_map']:.4f} at epoch {state['best_epoch']}")
-    return TrainResult(
-        run_dir, state["best_epoch"], state["best_map"], state["epoch"], resumed_from
+    say(f"{run_dir}: best valid mAP {best_map:.4f} at epoch {best}")
+    return TrainResult(run_dir, best, best_map, state["epoch"], resumed_from)
+
+
+def _review(cfg: TrainConfig, state: Mapping[str, Any]) -> tuple[Review, str | None]:
+    """The schedule's review of the epochs so far, and why the run is over (``None``: it isn't):
+    ``"early_stopping"``, ``"max_epochs"`` or ``"max_steps"``."""
+    history = state["history"]
+    decision = review(
+        [row["valid_loss"] for row in history],
+        [row["valid_map"] for row in history],
+        lr=cfg.lr,
+        factor=cfg.plateau_factor,
+        plateau_patience=cfg.plateau_patience,
+        early_stop_patience=cfg.early_stop_patience,
     )
+    stopped = None
+    if decision.stop:
+        stopped = "early_stopping"
+    elif cfg.max_epochs is not None and state["epoch"] >= cfg.max_epochs:
+        stopped = "max_epochs"
+    elif cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+        stopped = "max_steps"
+    return decision, stopped
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
@@ -638,7 +707,6 @@ def _save_epoch(
     run_dir: Path,
     student: Student,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
     state: dict[str, Any],
     writer: Any,
     row: dict[str, float],
@@ -648,7 +716,6 @@ def _save_epoch(
         {
             "model": student.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "state": state,
         },
         run_dir / "last.pt",

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, paper_lambda, train_config
+from pipeline.config import (
+    ConfigError,
+    paper_lambda,
+    paper_probe_lr,
+    paper_time_factors,
+    train_config,
+)
 
 
 def test_openmic_preset_has_the_papers_settings() -> None:
@@ -19,13 +25,77 @@ def test_openmic_preset_has_the_papers_settings() -> None:
     assert (cfg.plateau_factor, cfg.plateau_patience, cfg.early_stop_patience) == (0.2, 8, 15)
     assert (cfg.mixup_alpha, cfg.specaug_freq, cfg.specaug_time) == (0.3, 48, 192)
     assert (cfg.grad_clip, cfg.seed) == (1.0, 1223)
+    # Length in optimiser steps, no epoch cap (official max_steps 80000, max_epochs -1).
+    assert (cfg.max_steps, cfg.max_epochs) == (80_000, None)
+    assert (cfg.kd_weight, cfg.probe_max_steps) == (0.3, 80_000)
 
 
 def test_magnatagatune_preset() -> None:
     cfg = train_config("magnatagatune", teacher="vggish")
     assert (cfg.student, cfg.frontend) == ("mobile_fcn", "mobile_fcn")
     assert (cfg.plateau_patience, cfg.early_stop_patience, cfg.mixup_alpha) == (5, 12, 0.0)
+    assert (cfg.specaug_freq, cfg.specaug_time, cfg.plateau_factor) == (0, 0, 0.2)
+    assert (cfg.max_steps, cfg.max_epochs) == (100_000, None)
     assert cfg.regulariser_weight == 0.6
+
+
+def test_demo_preset_keeps_its_epoch_length() -> None:
+    cfg = train_config("demo", teacher="musicnn")
+    assert cfg.max_epochs == 20 and cfg.student_options == {"base_channels": 32}
+    assert cfg.time_factors == (None,)  # musicnn: computed factors
+
+
+@pytest.mark.parametrize(
+    ("dataset", "teacher", "factors"),
+    [
+        ("openmic", "vggish", (1, 6)),
+        ("openmic", "openl3", (1, 6)),
+        ("openmic", "passt", (1, 6)),
+        ("openmic", "panns", (1, 60)),
+        ("magnatagatune", "vggish", (2, 1)),
+        ("magnatagatune", "openl3", (2, 1)),
+        ("magnatagatune", "passt", (2, 1)),
+        ("magnatagatune", "panns", (1, 15)),
+    ],
+)
+def test_official_time_factors(dataset: str, teacher: str, factors: tuple[int, int]) -> None:
+    assert train_config(dataset, teacher=teacher).time_factors == (factors,)
+
+
+def test_other_teachers_students_and_datasets_get_computed_factors() -> None:
+    assert train_config("openmic", teacher="panns+musicnn").time_factors == ((1, 60), None)
+    assert train_config("openmic", teacher="hear-m").time_factors == (None,)
+    assert paper_time_factors("openmic", "mobile_fcn", "vggish") is None  # not the paper's pair
+    assert train_config("mine", teacher="vggish").time_factors == (None,)
+    assert train_config("openmic", teacher="none").time_factors == ()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "teacher", "lr"),
+    [
+        ("openmic", "vggish", 0.2),
+        ("openmic", "openl3", 0.1),
+        ("openmic", "passt", 0.1),
+        ("openmic", "panns", 0.1),
+        ("magnatagatune", "vggish", 0.1),
+        ("magnatagatune", "openl3", 0.1),
+        ("magnatagatune", "passt", 0.2),
+        ("magnatagatune", "panns", 0.1),
+    ],
+)
+def test_official_probe_learning_rates(dataset: str, teacher: str, lr: float) -> None:
+    assert paper_probe_lr(dataset, teacher) == lr
+    assert train_config(dataset, teacher=teacher, kd=True).probe_lrs == (lr,)
+    assert train_config(dataset, teacher=teacher, probe_lr=1).probe_lrs == (1.0,)
+
+
+def test_run_length_limits() -> None:
+    cfg = train_config("openmic", max_epochs=3)
+    assert (cfg.max_steps, cfg.max_epochs) == (80_000, 3)  # whichever comes first
+    with pytest.raises(ConfigError, match="max_steps must be ≥ 1"):
+        train_config("openmic", max_steps=0)
+    with pytest.raises(ConfigError, match="probe_lr must be > 0"):
+        train_config("openmic", probe_lr=-0.1)
 
 
 @pytest.mark.parametrize(
@@ -86,3 +156,10 @@ def test_run_hash_ignores_speed_settings_only() -> None:
         .startswith("cp_resnet-panns-kd-")
     )
     assert base.run_name("stores A") != base.run_name("stores B")
+    # The recipe's new fields and the tables' resolved values are part of the hash.
+    assert base.digest() != train_config("openmic", teacher="panns", max_steps=1000).digest()
+    assert base.digest() != train_config("openmic", teacher="panns", max_epochs=50).digest()
+    assert base.digest() != train_config("openmic", teacher="panns", align="mean").digest()
+    kd = train_config("openmic", teacher="vggish", kd=True)
+    assert kd.digest() == train_config("openmic", teacher="vggish", kd=True, probe_lr=0.2).digest()
+    assert kd.digest() != train_config("openmic", teacher="vggish", kd=True, probe_lr=0.1).digest()

@@ -8,8 +8,9 @@ compared with one-process runs of the same config in the same process.
 
 Checked: one writer (one ``metrics.csv`` with one row per epoch, one TensorBoard file, one
 line of progress per epoch, a loadable ``best.pt``), the same run folder as one process, final
-validation figures close to the one-process run's (baseline and EAsT), a refused batch size,
-and a SIGKILL'd two-process job that resumes and ends as the uninterrupted one.
+validation figures close to the one-process run's (baseline, EAsT, and EAsT with per-clip mixup
+and SpecAugment), a refused batch size, and a SIGKILL'd two-process mixup job that resumes and
+ends as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ import torch
 
 from pipeline.config import ConfigError, train_config
 from pipeline.features import create_frontend
-from pipeline.loader import ShardAwareSampler
+from pipeline.loader import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
 from pipeline.manifest import make_manifest
 from pipeline.paths import manifest_path, store_path
 from pipeline.store import open_store
 from pipeline.students import create_student
 from pipeline.train import (
-    EvenShardSampler,
     Processes,
     per_process_batch,
     processes_from_env,
@@ -182,20 +182,29 @@ class Pair:
     stdout: str  # of the two-process run
 
 
+# Configs trained by one and by two processes: the baseline, EAsT, and EAsT with the OpenMIC
+# augmentation (per-clip mixup with partners from the whole split, after SpecAugment).
+VARIANTS = {
+    "none": {"teacher": "none"},
+    "toyteacher": {"teacher": "toyteacher"},
+    "mixup": {"teacher": "toyteacher", "mixup_alpha": 0.3, "specaug_freq": 24, "specaug_time": 6},
+}
+
+
 @pytest.fixture(scope="module")
 def pairs(data_dir: Path, tmp_path_factory) -> Callable[[str], Pair]:
-    """The same config trained by one process and by two (``torchrun``), once per teacher."""
+    """The same config trained by one process and by two (``torchrun``), once per variant."""
     done: dict[str, Pair] = {}
 
-    def get(teacher: str) -> Pair:
-        if teacher not in done:
-            root = tmp_path_factory.mktemp(f"pair-{teacher}")
-            cfg = train_config(DATASET, teacher=teacher, **SETTINGS)
+    def get(variant: str) -> Pair:
+        if variant not in done:
+            root = tmp_path_factory.mktemp(f"pair-{variant}")
+            cfg = train_config(DATASET, **VARIANTS[variant], **SETTINGS)
             one = train(cfg, _sibling(data_dir, root / "one"), progress=False).run_dir
             two_data = _sibling(data_dir, root / "two")
-            out = _run_two(two_data, *_settings(teacher=teacher))
-            done[teacher] = Pair(one, _one_run_dir(two_data), out.stdout)
-        return done[teacher]
+            out = _run_two(two_data, *_settings(**VARIANTS[variant]))
+            done[variant] = Pair(one, _one_run_dir(two_data), out.stdout)
+        return done[variant]
 
     return get
 
@@ -234,8 +243,28 @@ def test_even_shard_sampler_gives_every_rank_whole_shards_and_equal_steps(world_
 
 
 def test_fewer_shards_than_processes_is_refused() -> None:
-    with pytest.raises(ConfigError, match="fewer than the 3 processes"):
+    with pytest.raises(ValueError, match="fewer than the 3 processes"):
         EvenShardSampler([0, 0, 1, 1], batch_size=2, window=1, seed=0, rank=0, world_size=3)
+
+
+def test_mixup_batches_per_rank_step_alike_with_partners_from_the_whole_split() -> None:
+    shard_ids = np.repeat(np.arange(7), [5, 5, 5, 5, 5, 5, 2])
+    per_rank = []
+    for rank in range(2):
+        sampler = EvenShardSampler(
+            shard_ids, batch_size=2, window=2, seed=3, rank=rank, world_size=2
+        )
+        mixer = MixupBatchSampler(sampler, batch_size=2, n_items=len(shard_ids), seed=3, rank=rank)
+        mixer.set_epoch(1)
+        per_rank.append((list(sampler), list(mixer)))
+    assert len(per_rank[0][1]) == len(per_rank[1][1])  # the same number of steps
+    partners = set()
+    for order, batches in per_rank:
+        assert [i for b in batches for i in b[:2]] == order  # own shards, in sampler order
+        partners |= {i for b in batches for i in b[2:]}
+    own = [set(order) for order, _ in per_rank]
+    assert partners - own[0] and partners - own[1]  # partners cross the ranks' shards
+    assert per_rank[0][1] != per_rank[1][1]
 
 
 def test_processes_come_from_the_torchrun_variables() -> None:
@@ -260,9 +289,9 @@ def test_batch_size_that_does_not_split_is_refused(data_dir, monkeypatch) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("teacher", ["none", "toyteacher"])
-def test_two_processes_write_once_and_learn_like_one(pairs, teacher: str) -> None:
-    pair = pairs(teacher)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_processes_write_once_and_learn_like_one(pairs, variant: str) -> None:
+    pair = pairs(variant)
     assert pair.two.name == pair.one.name, "the run folder does not depend on the processes"
     epochs = SETTINGS["max_epochs"]
     two, one = _metrics(pair.two), _metrics(pair.one)
@@ -284,13 +313,13 @@ def test_two_processes_write_once_and_learn_like_one(pairs, teacher: str) -> Non
 
     final = {"one": one.iloc[-1], "two": two.iloc[-1]}
     print(
-        teacher,
+        variant,
         {k: (round(r["valid_map"], 4), round(r["valid_loss"], 4)) for k, r in final.items()},
     )
     assert abs(final["two"]["valid_map"] - final["one"]["valid_map"]) <= MAP_TOLERANCE
     for name, metrics in (("one", one), ("two", two)):  # both learned the task
-        assert metrics["valid_loss"].iloc[-1] < 0.5 * metrics["valid_loss"].iloc[0], name
-    if teacher != "none":
+        assert metrics["valid_bce"].iloc[-1] < 0.5 * metrics["valid_bce"].iloc[0], name
+    if VARIANTS[variant]["teacher"] != "none":
         assert two["train_dc"].between(0, 1).all() and one["train_dc"].between(0, 1).all()
 
 
@@ -306,11 +335,12 @@ def _children(pid: int) -> list[int]:
 def test_sigkilled_job_resumes_and_ends_as_the_uninterrupted_one(
     data_dir: Path, pairs, tmp_path: Path
 ) -> None:
-    reference = pairs("none").two
+    # With mixup: partners, λ and SpecAugment masks are redrawn alike on resume.
+    reference = pairs("mixup").two
     data = _sibling(data_dir, tmp_path)
     run_dir = data / "runs" / DATASET / reference.name
     proc = subprocess.Popen(
-        _torchrun(data, *_settings(teacher="none")),
+        _torchrun(data, *_settings(**VARIANTS["mixup"])),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_env(),
@@ -332,7 +362,7 @@ def test_sigkilled_job_resumes_and_ends_as_the_uninterrupted_one(
     done = torch.load(run_dir / "last.pt", weights_only=True)["state"]["epoch"]
     assert 1 <= done < SETTINGS["max_epochs"]
 
-    out = _run_two(data, *_settings(teacher="none"))
+    out = _run_two(data, *_settings(**VARIANTS["mixup"]))
     assert out.stdout.count(f"resuming after epoch {done}") == 1, out.stdout
     pd.testing.assert_frame_equal(_metrics(run_dir), _metrics(reference))
     resumed = torch.load(run_dir / "best.pt", weights_only=True)["model"]

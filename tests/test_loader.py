@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.loader import (
     ClipDataset,
+    MixupBatchSampler,
     ShardAwareSampler,
     collate,
     draw_mixup,
@@ -235,6 +236,13 @@ def test_getitems_equals_per_item_reads_and_pickle_drops_handles(data):
         ds.__getitems__([5])
 
 
+def test_mean_embeddings_are_each_clips_time_mean(data):
+    ds = _train(data)
+    for k in range(2):
+        want = np.stack([ds[i]["teachers"][k].mean(dim=0).numpy() for i in range(len(ds))])
+        np.testing.assert_allclose(ds.mean_embeddings(k, chunk=2), want, rtol=1e-6)
+
+
 def test_collate_shapes(data):
     ds = _train(data)
     batch = collate([ds[i] for i in (2, 0, 1)])
@@ -374,51 +382,90 @@ def test_sampler_rejects_bad_arguments():
 # ------------------------------------------------------------------------------ mixup
 
 
-def _toy_batch(n=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "mel": torch.randn(n, 4, 5, generator=g),
-        "labels": (torch.rand(n, 3, generator=g) > 0.5).float(),
-        "mask": torch.rand(n, 3, generator=g) > 0.4,
-        "teachers": [torch.randn(n, 2, 3, generator=g), torch.randn(n, 4, generator=g)],
-        "index": torch.arange(n),
-    }
+def test_mixup_batches_carry_uniform_partners_from_the_whole_split():
+    def batches(seed, epoch, rank):
+        sampler = ShardAwareSampler(SHARDS, window=1, seed=seed, rank=rank, world_size=2)
+        mixer = MixupBatchSampler(sampler, batch_size=3, n_items=len(SHARDS), seed=seed, rank=rank)
+        mixer.set_epoch(epoch)
+        assert sampler.epoch == epoch  # forwarded
+        return sampler, mixer, list(mixer)
+
+    counts = np.zeros(len(SHARDS), dtype=int)
+    outside = 0
+    for epoch in range(300):
+        sampler, mixer, got = batches(7, epoch, 0)
+        order = list(sampler)
+        assert len(got) == len(mixer) == len(order) // 3
+        for k, batch in enumerate(got):
+            assert len(batch) == 6 and batch[:3] == order[3 * k : 3 * k + 3]  # whole batches
+            partners = batch[3:]
+            counts += np.bincount(partners, minlength=len(SHARDS))
+            outside += sum(p not in order for p in partners)  # another rank's shards
+    assert outside > 0
+    # Uniform over all 27 items: every count within 25 % of the mean (about 890 each).
+    assert counts.min() > 0.75 * counts.mean() and counts.max() < 1.25 * counts.mean()
+    assert batches(7, 3, 0)[2] == batches(7, 3, 0)[2]  # fixed by (seed, epoch, rank)
+    assert batches(7, 3, 0)[2] != batches(7, 4, 0)[2]
+    assert [b[3:] for b in batches(7, 3, 0)[2]] != [b[3:] for b in batches(7, 3, 1)[2]]
 
 
-def test_mixup_matches_the_formula_for_every_tensor():
-    batch = _toy_batch()
-    batch["labels"] *= batch["mask"]  # unknown labels are 0, as the dataset gives them
-    before = {k: v.clone() for k, v in batch.items() if k != "teachers"}
-    out = mixup(batch, alpha=0.4, generator=torch.Generator().manual_seed(5))
-    lam, perm = out["mixup_lambda"], out["mixup_perm"]
-    same_lam, same_perm = draw_mixup(6, alpha=0.4, generator=torch.Generator().manual_seed(5))
-    assert lam == same_lam and torch.equal(perm, same_perm)
-    assert 0.5 <= lam <= 1.0
-    assert sorted(perm.tolist()) == list(range(6))
-    for key in ("mel", "labels"):
-        torch.testing.assert_close(out[key], lam * batch[key] + (1 - lam) * batch[key][perm])
-    for got, x in zip(out["teachers"], batch["teachers"], strict=True):
-        torch.testing.assert_close(got, lam * x + (1 - lam) * x[perm])
-    assert torch.equal(out["mask"], batch["mask"] | batch["mask"][perm])
-    assert torch.equal(out["index"], batch["index"])
-    for key, value in before.items():  # input untouched
-        assert torch.equal(batch[key], value)
+def test_mixup_mixes_each_clip_with_its_partner_by_its_own_lambda(data):
+    ds = _train(data)
+    short = ds.clip_ids.index(SHORT)
+    # As the loader reads it: 4 clips, then their partners (one short clip, one repeat).
+    batch = ds.__getitems__([0, 1, 2, 4, short, 4, 0, 3])
+    lam = draw_mixup(4, alpha=0.3, generator=torch.Generator().manual_seed(5))
+    assert lam.shape == (4,) and len(set(lam.tolist())) == 4  # one λ per clip
+    assert (lam >= 0.5).all() and (lam <= 1.0).all()
+    out = mixup(batch, lam=lam)
+    w = lam.view(4, 1, 1)
+    torch.testing.assert_close(out["mel"], w * batch["mel"][:4] + (1 - w) * batch["mel"][4:])
+    torch.testing.assert_close(
+        out["labels"], lam[:, None] * batch["labels"][:4] + (1 - lam[:, None]) * batch["labels"][4:]
+    )
+    assert torch.equal(out["mask"], batch["mask"][:4] | batch["mask"][4:])  # OR-ed
+    for got, x in zip(out["teachers"], batch["teachers"], strict=True):  # same λ, every teacher
+        torch.testing.assert_close(got, w * x[:4] + (1 - w) * x[4:])
+    assert out["index"].tolist() == [0, 1, 2, 4] and out["partner"].tolist() == [short, 4, 0, 3]
+    assert torch.equal(out["mixup_lambda"], lam)
+    # The short partner (2 of 3 frames of teacher A, 1 of 2 of teacher B) enters looped, never
+    # as zero padding: each frame mixes stored content of both clips.
+    loaded = {"a": lambda x: x, "b": lambda x: (x - B_SHIFT) / np.asarray(B_SCALE)}
+    for name, got in zip(("a", "b"), out["teachers"], strict=True):
+        frames = got.shape[1]
+        partner = loaded[name](_wrap(data[name][SHORT], frames))
+        first = loaded[name](_wrap(data[name][ds.clip_ids[0]], frames))
+        expected = lam[0].item() * first + (1 - lam[0].item()) * partner
+        np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="2 × 3 clips"):
+        mixup(batch, lam=lam[:3])
 
 
-def test_mixup_lambda_at_least_half_deterministic_and_disabled_by_alpha_zero():
-    batch = _toy_batch()
-    lams = []
-    for seed in range(30):
-        a = mixup(batch, alpha=1.0, generator=torch.Generator().manual_seed(seed))
-        b = mixup(batch, alpha=1.0, generator=torch.Generator().manual_seed(seed))
-        assert a["mixup_lambda"] == b["mixup_lambda"]
-        assert torch.equal(a["mixup_perm"], b["mixup_perm"]) and torch.equal(a["mel"], b["mel"])
-        lams.append(a["mixup_lambda"])
-    assert min(lams) >= 0.5 and len(set(lams)) == len(lams)
-    assert mixup(batch, alpha=0.0, generator=torch.Generator()) is batch
+def test_mixup_lambda_is_folded_beta_and_deterministic():
+    from scipy.stats import beta, kstest
+
+    lam = draw_mixup(5000, alpha=0.3, generator=torch.Generator().manual_seed(0)).numpy()
+    again = draw_mixup(5000, alpha=0.3, generator=torch.Generator().manual_seed(0)).numpy()
+    assert np.array_equal(lam, again) and lam.min() >= 0.5 and lam.max() <= 1.0
+    # max(λ, 1 − λ) of λ ~ Beta(α, α): CDF 2·F(x) − 1 on [0.5, 1].
+    assert kstest(lam, lambda x: 2 * beta.cdf(x, 0.3, 0.3) - 1).pvalue > 0.01
+
+
+def test_dataloader_reads_batch_and_partners_together(data):
+    ds = _train(data)
+    sampler = ShardAwareSampler(ds.shard_ids, window=1, seed=2)
+    mixer = MixupBatchSampler(sampler, batch_size=2, n_items=len(ds), seed=2)
+    loader = DataLoader(ds, batch_sampler=mixer, collate_fn=collate)
+    got = list(loader)
+    assert len(got) == len(ds) // 2
+    for batch, indices in zip(got, list(mixer), strict=True):
+        assert batch["mel"].shape == (4, N_MELS, MEL_FRAMES)
+        assert batch["index"].tolist() == indices
 
 
 # ------------------------------------------------------------------------------ SpecAugment
+
+FILL = 3.7 / 3.1  # a log-mel of 0 after the paper's normalisation (x + 3.7) / 3.1
 
 
 def _masked_bands(orig: torch.Tensor, out: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -429,51 +476,96 @@ def _masked_bands(orig: torch.Tensor, out: torch.Tensor) -> tuple[list[int], lis
 
 
 def test_spec_augment_masks_one_band_each_within_bounds():
-    n, f, t, fm, tm = 64, 16, 40, 6, 9
-    mel = torch.randn(n, f, t, generator=torch.Generator().manual_seed(0)) + 3.0
+    n, f, t, fm, tm = 400, 16, 40, 6, 9
+    mel = torch.randn(n, f, t, generator=torch.Generator().manual_seed(0)) - 3.0
     original = mel.clone()
-    out = spec_augment(mel, freq_mask=fm, time_mask=tm, generator=torch.Generator().manual_seed(1))
+    out = spec_augment(
+        mel, freq_mask=fm, time_mask=tm, fill=FILL, generator=torch.Generator().manual_seed(1)
+    )
     assert out is not mel and out.shape == mel.shape
     assert torch.equal(mel, original)  # input untouched
-    widths_f, widths_t = set(), set()
+    widths_f, widths_t, starts_t = Counter(), Counter(), Counter()
     for x, y in zip(mel, out, strict=True):
         rows, cols = _masked_bands(x, y)
         # one contiguous band each, narrower than the bound
         assert not rows or rows == list(range(rows[0], rows[0] + len(rows)))
         assert not cols or cols == list(range(cols[0], cols[0] + len(cols)))
         assert len(rows) < fm and len(cols) < tm
-        widths_f.add(len(rows))
-        widths_t.add(len(cols))
+        widths_f[len(rows)] += 1
+        widths_t[len(cols)] += 1
+        starts_t.update(cols)
         hit = torch.zeros(f, t, dtype=torch.bool)
         hit[rows, :] = True
         hit[:, cols] = True
         assert torch.equal(y[~hit], x[~hit])  # the rest is unchanged
-        assert torch.allclose(y[hit], x.mean().expand(int(hit.sum())))  # filled with the mean
-    assert widths_f == set(range(fm)) and widths_t == set(range(tm))  # every width occurs
+        assert (y[hit] == torch.tensor(FILL)).all()  # filled with the given level
+    # Widths uniform over {0, …, bound − 1}, each clip its own.
+    assert set(widths_f) == set(range(fm)) and set(widths_t) == set(range(tm))
+    assert min(widths_t.values()) > 0.6 * n / tm and max(widths_t.values()) < 1.4 * n / tm
+    # torchaudio's placement: start < size − v with v in [width, width + 1), so the last frame
+    # is never masked while the first is.
+    assert starts_t[t - 1] == 0 and starts_t[0] > 0
 
     again = spec_augment(
-        mel, freq_mask=fm, time_mask=tm, generator=torch.Generator().manual_seed(1)
+        mel, freq_mask=fm, time_mask=tm, fill=FILL, generator=torch.Generator().manual_seed(1)
     )
     assert torch.equal(again, out)
     other = spec_augment(
-        mel, freq_mask=fm, time_mask=tm, generator=torch.Generator().manual_seed(2)
+        mel, freq_mask=fm, time_mask=tm, fill=FILL, generator=torch.Generator().manual_seed(2)
     )
     assert not torch.equal(other, out)
 
 
+def _torchaudio_band(u_width: float, u_start: float, size: int, mask_param: int) -> set[int]:
+    """torchaudio.functional.mask_along_axis for given uniforms: v = u·param,
+    start = long(u'·(size − v)), end = start + long(v), masked [start, end)."""
+    value = np.float32(u_width) * np.float32(mask_param)
+    start = int(np.float32(u_start) * (np.float32(size) - value))  # int() truncates, as .long()
+    return set(range(max(start, 0), min(start + int(value), size)))
+
+
+def test_spec_augment_bands_follow_torchaudio_for_the_same_uniforms():
+    n, f, t, fm, tm = 50, 12, 30, 7, 40  # time bound above the length: clipped at the edges
+    out = spec_augment(
+        torch.zeros(n, f, t), freq_mask=fm, time_mask=tm, fill=1.0,
+        generator=torch.Generator().manual_seed(4),
+    )  # fmt: skip
+    # The draws: (n, 2) uniforms for the frequency bands, then (n, 2) for the time bands, each
+    # row (width, start).
+    g = torch.Generator().manual_seed(4)
+    u_freq, u_time = torch.rand(n, 2, generator=g), torch.rand(n, 2, generator=g)
+    for k in range(n):
+        rows = _torchaudio_band(*u_freq[k].tolist(), f, fm)
+        cols = _torchaudio_band(*u_time[k].tolist(), t, tm)
+        expected = torch.zeros(f, t)
+        expected[sorted(rows), :] = 1.0
+        expected[:, sorted(cols)] = 1.0
+        assert torch.equal(out[k], expected), k
+
+
 def test_spec_augment_zero_widths_clamping_and_shapes():
     mel = torch.randn(3, 4, 5)
-    copy = spec_augment(mel, freq_mask=0, time_mask=0, generator=torch.Generator())
+    copy = spec_augment(mel, freq_mask=0, time_mask=0, fill=FILL, generator=torch.Generator())
     assert torch.equal(copy, mel) and copy.data_ptr() != mel.data_ptr()
+    ones = spec_augment(mel, freq_mask=1, time_mask=1, fill=9.0, generator=torch.Generator())
+    assert torch.equal(ones, mel)  # widths drawn below 1: always 0
     # widths larger than the image: bands are capped to the image and the call still works
-    big = spec_augment(mel, freq_mask=50, time_mask=50, generator=torch.Generator().manual_seed(0))
+    big = spec_augment(
+        mel, freq_mask=50, time_mask=50, fill=FILL, generator=torch.Generator().manual_seed(0)
+    )
     assert big.shape == mel.shape
-    single = spec_augment(mel[0], freq_mask=3, time_mask=3, generator=torch.Generator())
+    single = spec_augment(mel[0], freq_mask=3, time_mask=3, fill=FILL, generator=torch.Generator())
     assert single.shape == (4, 5)
     channels = spec_augment(
-        mel[:, None], freq_mask=3, time_mask=4, generator=torch.Generator().manual_seed(0)
+        mel[:, None],
+        freq_mask=3,
+        time_mask=4,
+        fill=FILL,
+        generator=torch.Generator().manual_seed(0),
     )
-    flat = spec_augment(mel, freq_mask=3, time_mask=4, generator=torch.Generator().manual_seed(0))
+    flat = spec_augment(
+        mel, freq_mask=3, time_mask=4, fill=FILL, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(channels[:, 0], flat)
 
 

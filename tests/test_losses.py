@@ -13,7 +13,9 @@ from pipeline.losses import (
     east_loss,
     kd_loss,
     masked_bce,
+    pairwise_distances,
     repeat_factors,
+    teacher_regulariser,
 )
 
 
@@ -128,6 +130,35 @@ def test_align_repeat_stretches_by_interleaving():
     assert t.flatten().tolist() == [0, 0, 1, 1, 2, 2]  # factor round(7/3) = 2, cut to 6
 
 
+def test_align_with_fixed_factors_repeats_then_cuts():
+    student, teacher = torch.randn(2, 62, 3), torch.randn(2, 1, 5)
+    s, t = align(student, teacher, factors=(1, 60))  # the paper's OpenMIC PANNs factors
+    assert s.shape == (2, 60, 3) and t.shape == (2, 60, 5)
+    torch.testing.assert_close(s, student[:, :60])
+    torch.testing.assert_close(t, teacher.expand(2, 60, 5))
+    s, t = align(torch.randn(2, 15, 3), torch.randn(2, 30, 5), factors=(2, 1))  # MTAT VGGish
+    assert s.shape == (2, 30, 3) and t.shape == (2, 30, 5)
+    assert align(torch.randn(1, 62, 3), torch.randn(1, 1, 5))[1].shape[1] == 62  # computed: ×62
+
+
+def test_fixed_factors_for_other_frame_counts_are_refused():
+    with pytest.raises(ValueError, match=r"time factors \(1, 60\) do not fit"):
+        align(torch.randn(2, 62, 3), torch.randn(2, 31, 5), factors=(1, 60))
+
+
+def test_regulariser_uses_each_teachers_factors():
+    torch.manual_seed(0)
+    features = torch.randn(6, 62, 4)
+    teachers = [torch.randn(6, 1, 8), torch.randn(6, 10, 8)]
+    _, parts = teacher_regulariser(features, teachers, time_factors=[(1, 60), None])
+    fixed = distance_correlation_loss(*align(features, teachers[0], factors=(1, 60)))
+    computed = distance_correlation_loss(*align(features, teachers[1]))
+    torch.testing.assert_close(parts[0], fixed)
+    torch.testing.assert_close(parts[1], computed)
+    _, default = teacher_regulariser(features, teachers[:1])
+    assert not torch.allclose(default[0], fixed)  # ×62 without the table, ×60 with it
+
+
 def test_align_mean_mode():
     student, teacher = torch.randn(2, 62, 3), torch.randn(2, 10, 5)
     s, t = align(student, teacher, mode="mean")
@@ -157,8 +188,40 @@ def test_distance_correlation_invariances(rng):
         (s - 3.0, e + rng.normal(size=6)),
         (s, e @ rotation),
     ]
+    # Exact up to the official 1e-12 under each distance's square root (diagonal 1e-6).
     for s2, e2 in variants:
-        assert distance_correlation_loss(_t(s2), _t(e2)).item() == pytest.approx(base, abs=1e-8)
+        assert distance_correlation_loss(_t(s2), _t(e2)).item() == pytest.approx(base, abs=1e-5)
+
+
+def test_distance_correlation_float32_matches_a_float64_reference(rng):
+    s, e = rng.normal(size=(16, 5, 32)), rng.normal(size=(16, 5, 48))
+    e[:, :, :32] += 0.8 * s  # correlated, so r is far from 0
+    ref = np.mean(1 - _ref_dcor(s, e))
+    got = distance_correlation_loss(
+        torch.tensor(s, dtype=torch.float32), torch.tensor(e, dtype=torch.float32)
+    )
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(ref, abs=1e-5)
+
+
+def test_distance_correlation_survives_a_shared_offset_in_float32(rng):
+    # Multiples of 1/64 stay exact in float32 after adding 1000, so any change comes from
+    # the computation: the Gram-matrix identity |x|² + |y|² − 2x·y loses every digit there.
+    s = np.round(rng.normal(size=(16, 4, 64)) * 64) / 64
+    e = np.round(rng.normal(size=(16, 4, 24)) * 64) / 64
+    e[:, :, :16] += s[:, :, :16]
+    f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    base = distance_correlation_loss(f32(s), f32(e)).item()
+    shifted = distance_correlation_loss(f32(s + 1000.0), f32(e + 1000.0)).item()
+    assert shifted == pytest.approx(base, abs=1e-5)
+    assert base == pytest.approx(np.mean(1 - _ref_dcor(s, e)), abs=1e-5)
+
+
+def test_pairwise_distances_are_direct_with_the_official_epsilon():
+    x = torch.tensor([[[0.0, 0.0], [3.0, 4.0], [3.0, 4.0]]])
+    d = pairwise_distances(x)
+    expected = torch.tensor([[0.0, 5.0, 5.0], [5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    torch.testing.assert_close(d[0], (expected.square() + 1e-12).sqrt())
 
 
 def test_distance_correlation_is_one_for_scaled_copy(rng):

@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -138,6 +139,26 @@ def test_east_kd_trains_with_teacher_terms_and_a_probe(data_dir: Path) -> None:
     assert any(s["fingerprint"].get("teacher") == "musicnn" for s in stores.values())
     probe = json.loads((result.run_dir / "probe-musicnn.json").read_text())
     assert probe["valid_map"] > 0.3
+    # Validation computes the whole objective (KD included); its total drives the schedule.
+    assert {"valid_bce", "valid_dc", "valid_kd", "valid_reg"} <= set(metrics.columns)
+    lam = config["lam"]
+    np.testing.assert_allclose(
+        metrics["valid_loss"], (1 - lam) * metrics["valid_bce"] + lam * metrics["valid_reg"]
+    )
+    np.testing.assert_allclose(
+        metrics["valid_reg"], 0.3 * metrics["valid_kd"] + 0.7 * metrics["valid_dc"]
+    )
+
+
+def test_max_steps_ends_a_run_inside_an_epoch_without_validating_it(data_dir: Path) -> None:
+    cfg = train_config("demo", teacher="musicnn", max_steps=12, workers=0)
+    result = train(cfg, data_dir, progress=False)
+    metrics = _metrics(result.run_dir)
+    summary = json.loads((result.run_dir / "train.json").read_text())
+    steps_per_epoch = metrics["step"].iloc[0]
+    assert steps_per_epoch < 12 < 2 * steps_per_epoch  # the second epoch is cut
+    assert len(metrics) == 1 and summary["epochs"] == 1 and result.epochs == 1
+    assert (summary["steps"], summary["stopped_by"]) == (12, "max_steps")
 
 
 def test_several_teachers_each_get_a_term(data_dir: Path) -> None:

@@ -5,7 +5,7 @@ Setup (written once under ``ctx.root``, reused while complete): a corpus of
 stage one) and a teacher-shaped store of random float16 values with PaSST's shape, 11 frames ×
 768 per clip (see :mod:`pipeline.bench.stores`; the loader only moves bytes, so the values do not
 matter). Every side below delivers the same batches: the same clips in the same order (one
-:class:`pipeline.loader.ShardAwareSampler` order), 32 clips per batch, mels as (32, 96, 501) and
+:class:`pipeline.loader.ShardAwareSampler` order), 32 clips per batch, mels as (32, 96, 500) and
 embeddings as (32, 11, 768) float32 tensors.
 
 P2 -- our loader ÷ the way the EAsT reference code loads its data.

@@ -3,7 +3,7 @@
 :func:`build_stores` gives the two stores that stage two reads for a corpus manifest:
 
 * ``mel-mobile_fcn.zarr``: real log-mels, made by :func:`pipeline.extract.extract` with the
-  ``mobile_fcn`` front end (16 kHz, hop 20 ms, 96 bands: 501 frames for a 10 s clip).
+  ``mobile_fcn`` front end (16 kHz, hop 20 ms, 96 bands: 500 frames for a 10 s clip).
 * ``teacher-passt-shaped.zarr``: random float16 values shaped like PaSST timestamp embeddings
   (11 frames × 768 per 10 s clip). The loader never looks at the values, only at their bytes, so
   a teacher run is not needed to time it; the values are fixed by a seed, so rebuilding gives
