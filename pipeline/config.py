@@ -26,6 +26,11 @@ class ConfigError(ValueError):
     """A training setting that does not exist or has an invalid value."""
 
 
+# Version of the training recipe (students, front end, objective, schedule). Runs record it in
+# config.json; evaluation and reports leave out runs of another recipe. 2 = the paper-exact
+# recipe (official students, Kaldi front end, validation total loss, per-clip mixup, ...).
+RECIPE = 2
+
 # Fields that change how fast a run goes, never what it computes.
 NOT_HASHED = frozenset({"workers", "device"})
 
@@ -69,6 +74,9 @@ class TrainConfig:
     specaug_freq, specaug_time : SpecAugment, one band of mel bins and one of frames per clip,
         of width drawn below these values (torchaudio's masking); 0 = off. Masked values become
         a log-mel of 0 as the front end normalises it
+    band_jitter : OpenMIC's training-time jitter of the mel band limits (f_min + [0, 20) Hz,
+        f_max − [0, 2000) Hz per clip), approximated on the cached log-mels by warping them
+        along the bands (:func:`pipeline.melbanks.jitter_mel_bands`), before SpecAugment
     shard_window : shards shuffled together (see :class:`pipeline.loader.ShardAwareSampler`)
     seed : everything random derives from it
     probe_lr : SGD learning rate of the KD linear probes; ``None`` = the official value per
@@ -101,6 +109,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     specaug_freq: int = 0
     specaug_time: int = 0
+    band_jitter: bool = False
     shard_window: int = 4
     seed: int = 1223
     probe_lr: float | None = None
@@ -179,6 +188,7 @@ class TrainConfig:
         fields["lam"] = self.regulariser_weight
         fields["time_factors"] = self.time_factors
         fields["probe_lr"] = self.probe_lrs if self.kd else None
+        fields["recipe"] = RECIPE
         text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -224,6 +234,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mixup_alpha": 0.3,
         "specaug_freq": 48,
         "specaug_time": 192,
+        "band_jitter": True,
     },
     # Mobile FCN on ≈ 29 s clips, no augmentation (official MTAT config).
     "magnatagatune": {
@@ -253,6 +264,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Any other dataset (your own CSV): the OpenMIC settings without augmentation.
     "default": {"student": "cp_resnet", "frontend": "cp_resnet"},
 }
+
+
+def of_current_recipe(config: dict[str, Any]) -> bool:
+    """Whether a run's ``config.json`` comes from this version of the training recipe.
+
+    Runs made before the recipe was recorded count as recipe 1.
+    """
+    return config.get("recipe", 1) == RECIPE
 
 
 def paper_lambda(dataset: str, teachers: tuple[str, ...]) -> float:

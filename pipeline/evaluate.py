@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+import pipeline.probe
+import pipeline.schedule
+from pipeline.config import RECIPE, of_current_recipe, paper_probe_lr
 from pipeline.loader import ClipDataset, collate
 from pipeline.manifest import Manifest
 from pipeline.metrics import (
@@ -48,7 +51,11 @@ FIXED_THRESHOLD = 0.4
 
 
 def _code_digest() -> str:
-    return hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:16]
+    """This module's code and the probe recipe's: a change to either evaluates again."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], pipeline.probe, pipeline.schedule):
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
 
 
 def _file_sha256(path: Path) -> str:
@@ -152,10 +159,6 @@ def evaluate_run(
     return result
 
 
-def _mean_embeddings(dataset: ClipDataset) -> np.ndarray:
-    return np.stack([item["teachers"][0].mean(dim=0).numpy() for item in dataset])
-
-
 def evaluate_probe(
     data_dir: str | os.PathLike, dataset: str, teacher: str, *, frontend: str, seed: int = 1223
 ) -> dict[str, Any] | None:
@@ -178,7 +181,7 @@ def evaluate_probe(
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.read(manifest_path(data_dir, dataset))
     sets = {s: ClipDataset(manifest, s, mel, [teacher_store]) for s in ("train", "valid", "test")}
-    inputs = {s: _mean_embeddings(d) for s, d in sets.items()}
+    inputs = {s: d.mean_embeddings(0) for s, d in sets.items()}
     started = time.perf_counter()
     probe, info = fit_probe(
         inputs["train"],
@@ -187,6 +190,7 @@ def evaluate_probe(
         inputs["valid"],
         sets["valid"].labels,
         sets["valid"].mask,
+        lr=paper_probe_lr(dataset, teacher),
         seed=seed,
     )
     seconds = time.perf_counter() - started
@@ -199,6 +203,7 @@ def evaluate_probe(
     torch.save(probe.state_dict(), folder / "probe.pt")
     config = {
         "kind": "probe",
+        "recipe": RECIPE,
         "teacher": teacher,
         "parameters": sum(p.numel() for p in probe.linear.parameters()),
         "train_seconds": seconds,
@@ -240,8 +245,14 @@ def evaluate_all(
     lines = []
     teachers: set[tuple[str, str, str]] = set()
     for run_dir in trained_runs(data_dir, dataset):
-        result = evaluate_run(run_dir, data_dir, device=device)
         config = json.loads((run_dir / "config.json").read_text())
+        if not of_current_recipe(config):
+            lines.append(
+                f"{run_dir}: left out, trained by recipe {config.get('recipe', 1)} "
+                f"(now {RECIPE}); retrain it or delete the folder"
+            )
+            continue
+        result = evaluate_run(run_dir, data_dir, device=device)
         teachers |= {(config["dataset"], t, config["frontend"]) for t in _teachers(config)}
         lines.append(_line(run_dir, result))
     if probes:

@@ -22,6 +22,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.config import of_current_recipe
+
 DASH = "–"
 DPI = 120
 # Each run keeps its colour (by position in the run list) in both figures.
@@ -102,8 +104,14 @@ def read_run(folder: Path) -> RunSummary:
 
 
 def collect_runs(runs_dir: Path) -> list[RunSummary]:
-    """Every run under ``runs_dir``: probes, then the baseline, then by teacher, KD, name."""
-    runs = [read_run(d) for d in Path(runs_dir).iterdir() if (d / "config.json").is_file()]
+    """Every run under ``runs_dir`` of the current recipe (older ones are left out): probes, then
+    the baseline, then by teacher, KD, name."""
+    runs = [
+        read_run(d)
+        for d in Path(runs_dir).iterdir()
+        if (d / "config.json").is_file()
+        and of_current_recipe(json.loads((d / "config.json").read_text()))
+    ]
     return sorted(runs, key=lambda r: (_group(r), r.teacher, r.kd, r.name))
 
 

@@ -41,6 +41,7 @@ STAGES: dict[str, tuple[list[str], list[str]]] = {
         [
             "config.py",
             "train.py",
+            "distributed.py",
             "loader.py",
             "losses.py",
             "probe.py",

@@ -4,7 +4,8 @@ Read top to bottom: data → run folder → model and optimiser → (resume) →
 train / validate / checkpoint / log → summary. Teachers never run here; their embeddings
 stream from the stores next to the mels.
 
-The recipe is the official one. A training step: SpecAugment on each clip (its own masks) →
+The recipe is the official one. A training step: (OpenMIC) the band limits jittered per clip,
+approximated by warping the cached log-mels → SpecAugment on each clip (its own masks) →
 per-clip mixup with a partner drawn from the whole training split → (1 − λ)·BCE + λ·regulariser
 → Adam step with the gradient norm clipped. Each epoch ends with validation: the same objective
 on the validation clips and their teacher embeddings (no augmentation), in batches of
@@ -61,7 +62,15 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 from tqdm.auto import tqdm
 
 import pipeline
-from pipeline.config import ConfigError, TrainConfig
+from pipeline.config import RECIPE, ConfigError, TrainConfig
+from pipeline.distributed import (
+    Processes,
+    barrier,
+    from_main,
+    mean_over_processes,
+    per_process_batch,
+    processes_from_env,
+)
 from pipeline.features import frontend_config
 from pipeline.loader import (
     ClipDataset,
@@ -74,6 +83,7 @@ from pipeline.loader import (
 )
 from pipeline.losses import east_loss
 from pipeline.manifest import clip_difference
+from pipeline.melbanks import jitter_mel_bands
 from pipeline.metrics import label_frequency_map, mean_average_precision
 from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest, runs_path
 from pipeline.probe import LinearProbe, fit_probe
@@ -121,81 +131,6 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-# -- several processes ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place in a ``torchrun`` job; a lone process is rank 0 of 1."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """Whether this process validates, writes and prints."""
-        return self.rank == 0
-
-    @property
-    def parallel(self) -> bool:
-        return self.world_size > 1
-
-
-def processes_from_env(env: Mapping[str, str] | None = None) -> Processes:
-    """Rank, world size and local rank from the variables ``torchrun`` sets (default: one)."""
-    env = os.environ if env is None else env
-    world_size = int(env.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Processes()
-    rank = int(env["RANK"])
-    return Processes(rank, world_size, int(env.get("LOCAL_RANK", rank)))
-
-
-def per_process_batch(batch_size: int, world_size: int) -> int:
-    """Clips each process takes per step: the global ``batch_size`` split evenly.
-
-    Raises
-    ------
-    ConfigError
-        When ``world_size`` does not divide ``batch_size``.
-    """
-    if batch_size % world_size:
-        lower = max(world_size, batch_size - batch_size % world_size)
-        raise ConfigError(
-            f"batch_size={batch_size} is the global batch and must split evenly over "
-            f"{world_size} processes: use a multiple of {world_size} "
-            f"(e.g. batch_size={lower}) or another number of processes"
-        )
-    return batch_size // world_size
-
-
-def _barrier(procs: Processes) -> None:
-    if procs.parallel:
-        dist.barrier()
-
-
-def _from_main(procs: Processes, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every process (the others' argument is ignored)."""
-    if not procs.parallel:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _mean_over_processes(
-    procs: Processes, logs: dict[str, float], device: torch.device
-) -> dict[str, float]:
-    """Each logged training loss part averaged over the processes (same keys on every rank)."""
-    if not procs.parallel or not logs:
-        return logs
-    keys = sorted(logs)
-    values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(values)
-    return {k: v / procs.world_size for k, v in zip(keys, values.tolist(), strict=True)}
-
-
 def store_paths(cfg: TrainConfig, data_dir: Path) -> tuple[Path, list[Path]]:
     """The mel store and the teacher stores a config reads (``.zarr``, else ``.h5``)."""
     mel = locate_store(data_dir, cfg.dataset, mel_store_name(cfg.frontend))
@@ -237,16 +172,6 @@ def _fit_probes(
             print(f"linear probe on {teacher}: valid mAP {info['valid_map']:.3f}")
         probes.append(probe.eval().requires_grad_(False))
     return probes
-
-
-def mask_fill(frontend: str) -> float:
-    """SpecAugment's fill: where a log-mel of 0 lands after the front end's normalisation.
-
-    The official featurizer masks the log-mel with 0 before normalising; the mel store holds
-    ``(log-mel + norm_shift) / norm_scale``, hence ``norm_shift / norm_scale``.
-    """
-    config = frontend_config(frontend)
-    return config.norm_shift / config.norm_scale
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -305,23 +230,26 @@ def train_one_epoch(
     """One pass over this process's part of the training split (at most ``max_steps`` steps).
 
     ``model`` is a :class:`Student` or one wrapped in ``DistributedDataParallel``. Per batch:
-    SpecAugment on every clip, then (``mixup_alpha`` > 0) each clip mixed with the partner the
-    loader appended (:class:`pipeline.loader.MixupBatchSampler`), then :func:`objective` on the
-    (local) batch. The progress bar counts the clips of all ``world_size`` processes. Returns
+    the band-limit jitter (``band_jitter``), SpecAugment on every clip, then (``mixup_alpha``
+    > 0) each clip mixed with the partner the loader appended
+    (:class:`pipeline.loader.MixupBatchSampler`), then :func:`objective` on the (local) batch.
+    The progress bar counts the clips of all ``world_size`` processes. Returns
     the mean over this process's steps of each logged loss part.
     """
     model.train()
-    fill = mask_fill(cfg.frontend)
+    mel_config = frontend_config(cfg.frontend)
     sums: dict[str, float] = {}
     steps = 0
     for batch in loader if max_steps is None else itertools.islice(loader, max_steps):
         batch = _to_device(batch, device)
+        if cfg.band_jitter:
+            batch["mel"] = jitter_mel_bands(batch["mel"], config=mel_config, generator=generator)
         if cfg.specaug_freq or cfg.specaug_time:
             batch["mel"] = spec_augment(
                 batch["mel"],
                 freq_mask=cfg.specaug_freq,
                 time_mask=cfg.specaug_time,
-                fill=fill,
+                fill=mel_config.zero_log_mel,
                 generator=generator,
             )
         if cfg.mixup_alpha > 0:
@@ -522,6 +450,7 @@ def _train(
         "n_mels": train_set.n_mels,
         "mel_frames": train_set.mel_frames,
         "pipeline_version": pipeline.__version__,
+        "recipe": RECIPE,
     }
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -548,7 +477,7 @@ def _train(
         # Rank 0 fits and saves the probes; the others then load its files.
         if main:
             probes = _fit_probes(cfg, train_set, valid_set, run_dir)
-        _barrier(procs)
+        barrier(procs)
         if not main:
             probes = _fit_probes(cfg, train_set, valid_set, run_dir)
         probes = [p.to(device) for p in probes]
@@ -563,7 +492,7 @@ def _train(
         state = checkpoint["state"]
         say(f"{run_dir}: resuming after epoch {state['epoch']} (step {state['step']})")
     resumed_from = state["epoch"]
-    _barrier(procs)  # every process has read last.pt before rank 0 may replace it
+    barrier(procs)  # every process has read last.pt before rank 0 may replace it
     model: nn.Module = student
     if procs.parallel:
         model = DistributedDataParallel(
@@ -616,9 +545,9 @@ def _train(
         if steps < len(train_loader):  # max_steps reached inside the epoch: as in Lightning,
             stopped = "max_steps"  # the cut epoch is not validated
             break
-        train_logs = _mean_over_processes(procs, train_logs, device)
+        train_logs = mean_over_processes(procs, train_logs, device)
         # Rank 0's figures drive the schedule and early stopping on every process alike.
-        valid = _from_main(
+        valid = from_main(
             procs, validate(student, valid_loader, cfg, probes, device) if main else None
         )
         seconds = time.perf_counter() - started
@@ -672,7 +601,7 @@ def _train(
             "processes": procs.world_size,
         }
         _write_text_atomic(summary_path, json.dumps(summary, indent=2))
-    _barrier(procs)  # the summary exists when any process returns
+    barrier(procs)  # the summary exists when any process returns
     say(f"{run_dir}: best valid mAP {best_map:.4f} at epoch {best}")
     return TrainResult(run_dir, best, best_map, state["epoch"], resumed_from)
 

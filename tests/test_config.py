@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import (
+    RECIPE,
     ConfigError,
+    of_current_recipe,
     paper_lambda,
     paper_probe_lr,
     paper_time_factors,
@@ -24,6 +26,7 @@ def test_openmic_preset_has_the_papers_settings() -> None:
     )
     assert (cfg.plateau_factor, cfg.plateau_patience, cfg.early_stop_patience) == (0.2, 8, 15)
     assert (cfg.mixup_alpha, cfg.specaug_freq, cfg.specaug_time) == (0.3, 48, 192)
+    assert cfg.band_jitter  # approximated on cached mels (pipeline.melbanks.jitter_mel_bands)
     assert (cfg.grad_clip, cfg.seed) == (1.0, 1223)
     # Length in optimiser steps, no epoch cap (official max_steps 80000, max_epochs -1).
     assert (cfg.max_steps, cfg.max_epochs) == (80_000, None)
@@ -35,6 +38,7 @@ def test_magnatagatune_preset() -> None:
     assert (cfg.student, cfg.frontend) == ("mobile_fcn", "mobile_fcn")
     assert (cfg.plateau_patience, cfg.early_stop_patience, cfg.mixup_alpha) == (5, 12, 0.0)
     assert (cfg.specaug_freq, cfg.specaug_time, cfg.plateau_factor) == (0, 0, 0.2)
+    assert not cfg.band_jitter
     assert (cfg.max_steps, cfg.max_epochs) == (100_000, None)
     assert cfg.regulariser_weight == 0.6
 
@@ -158,8 +162,16 @@ def test_run_hash_ignores_speed_settings_only() -> None:
     assert base.run_name("stores A") != base.run_name("stores B")
     # The recipe's new fields and the tables' resolved values are part of the hash.
     assert base.digest() != train_config("openmic", teacher="panns", max_steps=1000).digest()
+    assert base.digest() != train_config("openmic", teacher="panns", band_jitter=False).digest()
+
     assert base.digest() != train_config("openmic", teacher="panns", max_epochs=50).digest()
     assert base.digest() != train_config("openmic", teacher="panns", align="mean").digest()
     kd = train_config("openmic", teacher="vggish", kd=True)
     assert kd.digest() == train_config("openmic", teacher="vggish", kd=True, probe_lr=0.2).digest()
     assert kd.digest() != train_config("openmic", teacher="vggish", kd=True, probe_lr=0.1).digest()
+
+
+def test_runs_of_another_recipe_are_recognised() -> None:
+    assert of_current_recipe({"recipe": RECIPE})
+    assert not of_current_recipe({})  # made before the recipe was recorded: recipe 1
+    assert not of_current_recipe({"recipe": RECIPE - 1})

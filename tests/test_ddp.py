@@ -31,18 +31,14 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, train_config
+from pipeline.distributed import Processes, per_process_batch, processes_from_env
 from pipeline.features import create_frontend
 from pipeline.loader import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
 from pipeline.manifest import make_manifest
 from pipeline.paths import manifest_path, store_path
 from pipeline.store import open_store
 from pipeline.students import create_student
-from pipeline.train import (
-    Processes,
-    per_process_batch,
-    processes_from_env,
-    train,
-)
+from pipeline.train import train
 
 DATASET = "toy"
 CLASSES = ["bass", "drums", "piano", "voice"]

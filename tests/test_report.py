@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
+from pipeline.config import RECIPE
 from pipeline.report import collect_runs, comparison_table, write_report
 
 CLASSES = ["accordion", "banjo", "bass", "cello", "clarinet"]
@@ -60,6 +61,7 @@ def make_student(
     folder = runs / name
     folder.mkdir(parents=True)
     config = {"dataset": "demo", "student": "cp_resnet", "teacher": teacher, "loss": "dc"}
+    config |= {"recipe": RECIPE}
     config |= {"lam": lam, "kd": kd, "frontend": "mobile_fcn", "classes": classes, "run": name}
     (folder / "config.json").write_text(json.dumps(config))
     train = {"run": name, "best_epoch": epochs - 1, "best_valid_map": 0.8, "epochs": epochs}
@@ -91,6 +93,7 @@ def make_probe(runs: Path, teacher: str, level: float, classes: list[str] = CLAS
     folder = runs / f"probe-{teacher}"
     folder.mkdir(parents=True)
     config = {"kind": "probe", "teacher": teacher, "parameters": 3770, "train_seconds": 4.2}
+    config |= {"recipe": RECIPE}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "metrics.json").write_text(json.dumps(_metrics(folder.name, "probe", classes, level)))
     return folder
@@ -133,6 +136,15 @@ def test_collect_runs_orders_and_parses(runs_dir: Path) -> None:
     assert teacher.label == "musicnn λ=0.9" and kd.label == "musicnn KD"
     assert kd.kd and kd.test is None and kd.per_class is None and kd.classes == CLASSES
     assert teacher.path == runs_dir / "cp_resnet-musicnn-7efcc709"
+
+
+def test_runs_of_an_earlier_recipe_are_left_out(runs_dir: Path) -> None:
+    old = make_student(runs_dir, "cp_resnet-none-0ld0ld00", teacher="none", lam=0.0, level=0.9)
+    config = json.loads((old / "config.json").read_text())
+    del config["recipe"]  # written before the recipe was recorded
+    (old / "config.json").write_text(json.dumps(config))
+    names = [r.name for r in collect_runs(runs_dir)]
+    assert "cp_resnet-none-0ld0ld00" not in names and "cp_resnet-none-c1e6eaf1" in names
 
 
 def test_comparison_table(runs_dir: Path, tmp_path: Path) -> None:
