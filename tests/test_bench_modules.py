@@ -8,6 +8,7 @@ what was measured. No timing is asserted: performance lives in the benchmark's r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 import pipeline.extract
 from pipeline.audio import load_audio
-from pipeline.bench import BenchContext, Figure, extraction, on_the_fly, scaling
+from pipeline.bench import BenchContext, Figure, extraction, on_the_fly, scaling, steps
 from pipeline.bench.corpus import make_corpus
 
 
@@ -110,6 +111,22 @@ def test_scaling_rows(tmp_path, monkeypatch):
     runs = by_id["S1-train"].details["by_n"]["24"]["runs"]
     assert runs[0]["clips"] == 24  # one batch size (8) for every N: three whole batches
     assert len(runs[0]["workers_mib"]) == 1  # the one DataLoader worker was measured
+
+
+def test_step_rows(tmp_path, monkeypatch):
+    small = [
+        dataclasses.replace(case, n_mels=n_mels, frames=frames, teacher_frames=t)
+        for case, (n_mels, frames, t) in zip(steps.CASES, [(128, 96, 1), (96, 200, 4)], strict=True)
+    ]
+    monkeypatch.setattr(steps, "CASES", tuple(small))
+    monkeypatch.setattr(steps, "WARMUP_STEPS", 1)
+    figures = steps.run(_ctx(tmp_path))
+    assert [f.id for f in figures] == ["T1-cp_resnet", "T1-mobile_fcn"]
+    for figure in figures:
+        _check_ratio(figure)
+        assert figure.target == "report" and figure.details["timed_steps"] == 2
+    assert figures[0].details["parameters"] == 5_534_612  # the full-size student is reported
+    assert figures[1].details["parameters"] == 314_098
 
 
 def test_extract_decodes_a_bounded_number_of_batches_ahead(tmp_path):

@@ -36,6 +36,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "extraction": ("P4",),
     "on_the_fly": ("P1",),
     "scaling": ("P6", "S1"),
+    "steps": ("T1",),
 }
 
 

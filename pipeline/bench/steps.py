@@ -1,0 +1,125 @@
+"""T1: what one training step of the paper's students costs, under bf16 autocast ÷ in float32.
+
+Each case is a student as the paper trains it (batch 16, whole clips, the EAsT distance-correlation
+objective against a PaSST-sized teacher sequence with the official time factors, Adam, gradient
+clipping), timed on random inputs after a warm-up, float32 and bf16 autocast side by side on the
+same model size. The ratio is bf16 clips/s ÷ float32 clips/s (a report: above 1 means autocast
+helps). The details carry ms per step and what the paper's step count takes at that rate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.bench import BenchContext, Figure, device_name, error_figure
+from pipeline.losses import east_loss
+from pipeline.students import count_parameters, create_student
+
+BATCH = 16
+WARMUP_STEPS = 20
+FULL_STEPS = 200  # timed steps at scale 1
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    student: str
+    n_classes: int
+    n_mels: int
+    frames: int
+    teacher_frames: int
+    time_factors: tuple[int, int]
+    paper_steps: int
+
+
+CASES = (
+    Case("T1-cp_resnet", "cp_resnet", 20, 128, 1000, 10, (1, 6), 80_000),  # OpenMIC, PaSST
+    Case("T1-mobile_fcn", "mobile_fcn", 50, 96, 1455, 30, (2, 1), 100_000),  # MTAT, PaSST
+)
+TEACHER_DIM = 768
+
+
+def step_seconds(case: Case, *, device: str, bf16: bool, steps: int, warmup: int) -> float:
+    """Seconds per training step of ``case`` (median-free: total over ``steps`` ÷ steps)."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = create_student(case.student, n_classes=case.n_classes, n_mels=case.n_mels).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    mel = torch.randn(BATCH, case.n_mels, case.frames, device=dev)
+    teacher = torch.randn(BATCH, case.teacher_frames, TEACHER_DIM, device=dev)
+    labels = (torch.rand(BATCH, case.n_classes, device=dev) > 0.8).float()
+    mask = torch.ones(BATCH, case.n_classes, dtype=torch.bool, device=dev)
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, features = model(mel)
+        loss, _ = east_loss(
+            logits.float(),
+            labels,
+            mask,
+            features.float(),
+            [teacher],
+            lam=0.9,
+            time_factors=[case.time_factors],
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(ctx: BenchContext, case: Case) -> Figure:
+    steps = max(2, round(FULL_STEPS * ctx.scale))
+    warmup = max(1, round(WARMUP_STEPS * min(ctx.scale, 1.0)))
+    seconds = {
+        mode: step_seconds(case, device=ctx.device, bf16=mode == "bf16", steps=steps, warmup=warmup)
+        for mode in ("fp32", "bf16")
+    }
+    rate = {mode: BATCH / s for mode, s in seconds.items()}
+    parameters = count_parameters(
+        create_student(case.student, n_classes=case.n_classes, n_mels=case.n_mels)
+    )
+    return Figure(
+        id=case.id,
+        what=f"{case.student} training step (batch {BATCH}, {case.n_mels}×{case.frames}), "
+        "bf16 autocast ÷ float32",
+        ratio=rate["bf16"] / rate["fp32"],
+        target="report",
+        numerator=f"{rate['bf16']:.1f} clips/s",
+        denominator=f"{rate['fp32']:.1f} clips/s",
+        details={
+            "parameters": parameters,
+            "timed_steps": steps,
+            "ms_per_step": {m: round(s * 1000, 2) for m, s in seconds.items()},
+            "paper_steps": case.paper_steps,
+            "hours_for_paper_steps_fp32": round(seconds["fp32"] * case.paper_steps / 3600, 2),
+        },
+        device=device_name(ctx.device),
+    )
+
+
+def run(ctx: BenchContext) -> list[Figure]:
+    """T1 for each student that ``ctx`` asks for; a failing case becomes an error row."""
+    figures = []
+    for case in CASES:
+        if not ctx.wants(case.id):
+            continue
+        try:
+            figures.append(measure(ctx, case))
+        except Exception as err:  # e.g. out of memory: report it, go on
+            figures.append(error_figure(case.id, f"{case.student} training step", err))
+    return figures
