@@ -188,6 +188,9 @@ class TrainConfig:
         fields["lam"] = self.regulariser_weight
         fields["time_factors"] = self.time_factors
         fields["probe_lr"] = self.probe_lrs if self.kd else None
+        fields["probe_standardise"] = (
+            [probe_standardises(t) for t in self.teachers] if self.kd else None
+        )
         fields["recipe"] = RECIPE
         text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -296,6 +299,15 @@ def paper_time_factors(dataset: str, student: str, teacher: str) -> tuple[int, i
     (:func:`pipeline.losses.repeat_factors`).
     """
     return _PAPER_TIME_FACTORS.get((dataset, student), {}).get(teacher)
+
+
+def probe_standardises(teacher: str) -> bool:
+    """Whether a linear probe on ``teacher`` standardises its inputs.
+
+    The official probes take the raw embeddings of the paper's four teachers (after their load
+    normalisation); other teachers (musicnn, ``hear:*``) have none, and their probes standardise.
+    """
+    return teacher not in _OPENMIC_LAMBDA
 
 
 def paper_probe_lr(dataset: str, teacher: str) -> float:

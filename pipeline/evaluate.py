@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 import pipeline.probe
 import pipeline.schedule
-from pipeline.config import RECIPE, of_current_recipe, paper_probe_lr
+from pipeline.config import RECIPE, of_current_recipe, paper_probe_lr, probe_standardises
 from pipeline.loader import ClipDataset, collate
 from pipeline.manifest import Manifest
 from pipeline.metrics import (
@@ -191,6 +191,7 @@ def evaluate_probe(
         sets["valid"].labels,
         sets["valid"].mask,
         lr=paper_probe_lr(dataset, teacher),
+        standardise=probe_standardises(teacher),
         seed=seed,
     )
     seconds = time.perf_counter() - started

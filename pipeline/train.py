@@ -62,7 +62,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 from tqdm.auto import tqdm
 
 import pipeline
-from pipeline.config import RECIPE, ConfigError, TrainConfig
+from pipeline.config import RECIPE, ConfigError, TrainConfig, probe_standardises
 from pipeline.distributed import (
     Processes,
     barrier,
@@ -165,6 +165,7 @@ def _fit_probes(
                 valid_set.mask,
                 lr=lr,
                 max_steps=cfg.probe_max_steps,
+                standardise=probe_standardises(teacher),
                 seed=cfg.seed,
             )
             _save_atomic(probe.state_dict(), path)

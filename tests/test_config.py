@@ -11,6 +11,7 @@ from pipeline.config import (
     paper_lambda,
     paper_probe_lr,
     paper_time_factors,
+    probe_standardises,
     train_config,
 )
 
@@ -169,6 +170,11 @@ def test_run_hash_ignores_speed_settings_only() -> None:
     kd = train_config("openmic", teacher="vggish", kd=True)
     assert kd.digest() == train_config("openmic", teacher="vggish", kd=True, probe_lr=0.2).digest()
     assert kd.digest() != train_config("openmic", teacher="vggish", kd=True, probe_lr=0.1).digest()
+
+
+def test_probes_standardise_only_teachers_the_paper_did_not_use() -> None:
+    assert not any(probe_standardises(t) for t in ("vggish", "openl3", "passt", "panns"))
+    assert probe_standardises("musicnn") and probe_standardises("hear-some_module")
 
 
 def test_runs_of_another_recipe_are_recognised() -> None:

@@ -22,9 +22,25 @@ def _data(seed: int, n: int = 100, d: int = 8):
 
 def test_probe_averages_over_time_then_applies_one_linear_layer_to_raw_inputs() -> None:
     probe = LinearProbe(5, 3)
-    assert set(probe.state_dict()) == {"linear.weight", "linear.bias"}  # no standardisation
+    assert set(probe.state_dict()) == {"linear.weight", "linear.bias", "offset", "scale"}
     seq = torch.randn(4, 7, 5) * 4 + 100
-    torch.testing.assert_close(probe(seq), probe.linear(seq.mean(dim=1)))
+    torch.testing.assert_close(probe(seq), probe.linear(seq.mean(dim=1)))  # raw by default
+    x, y, m = _data(0)
+    raw, _ = fit_probe(x, y, m, x, y, m, max_epochs=2)
+    assert raw.offset.eq(0).all() and raw.scale.eq(1).all()
+
+
+def test_a_standardising_probe_equals_a_raw_probe_on_standardised_inputs() -> None:
+    x, y, m = _data(0)
+    vx, vy, vm = _data(1)
+    probe, info = fit_probe(x, y, m, vx, vy, vm, max_epochs=4, standardise=True, seed=3)
+    mean, std = x.mean(axis=0), x.std(axis=0, ddof=1)
+    np.testing.assert_allclose(probe.offset.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(probe.scale.numpy(), std, rtol=1e-4)
+    z = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
+    plain, plain_info = fit_probe(z(x), y, m, z(vx), vy, vm, max_epochs=4, seed=3)
+    torch.testing.assert_close(probe(torch.as_tensor(vx)), plain(torch.as_tensor(z(vx))))
+    assert info["valid_map"] == pytest.approx(plain_info["valid_map"])
 
 
 def test_a_probe_saved_with_standardisation_statistics_is_refused() -> None:
