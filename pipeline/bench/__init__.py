@@ -15,7 +15,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,28 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> tupl
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def measure_cases(
+    ctx: BenchContext,
+    cases: Sequence[Any],
+    measure: Callable[[BenchContext, Any], Figure],
+    what: Callable[[Any], str],
+) -> list[Figure]:
+    """``measure(ctx, case)`` for each case whose ``id`` ``ctx`` asks for, in order.
+
+    A case that raises (missing weights, out of memory, …) becomes an error row described by
+    ``what(case)``, and the others still run.
+    """
+    figures = []
+    for case in cases:
+        if not ctx.wants(case.id):
+            continue
+        try:
+            figures.append(measure(ctx, case))
+        except Exception as err:
+            figures.append(error_figure(case.id, what(case), err))
+    return figures
 
 
 def device_name(device: str) -> str:

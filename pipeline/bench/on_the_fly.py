@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from pipeline.audio import load_audio
-from pipeline.bench import BenchContext, Figure, device_name, error_figure, median_seconds
+from pipeline.bench import BenchContext, Figure, device_name, measure_cases, median_seconds
 from pipeline.bench.corpus import make_corpus
 from pipeline.config import TrainConfig
 from pipeline.extract import Encoder, extract, max_frames_for
@@ -390,12 +390,4 @@ def measure(ctx: BenchContext, case: Case) -> Figure:
 
 def run(ctx: BenchContext) -> list[Figure]:
     """P1 and P1-musicnn (those that ``ctx`` asks for); a failing case becomes an error row."""
-    figures = []
-    for case in CASES:
-        if not ctx.wants(case.id):
-            continue
-        try:
-            figures.append(measure(ctx, case))
-        except Exception as err:  # e.g. missing teacher weights: report it, go on
-            figures.append(error_figure(case.id, f"epoch time {case.label}", err))
-    return figures
+    return measure_cases(ctx, CASES, measure, lambda case: f"epoch time {case.label}")

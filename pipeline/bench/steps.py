@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.bench import BenchContext, Figure, device_name, error_figure
+from pipeline.bench import BenchContext, Figure, device_name, measure_cases
 from pipeline.losses import east_loss
 from pipeline.students import count_parameters, create_student
 
@@ -114,12 +114,4 @@ def measure(ctx: BenchContext, case: Case) -> Figure:
 
 def run(ctx: BenchContext) -> list[Figure]:
     """T1 for each student that ``ctx`` asks for; a failing case becomes an error row."""
-    figures = []
-    for case in CASES:
-        if not ctx.wants(case.id):
-            continue
-        try:
-            figures.append(measure(ctx, case))
-        except Exception as err:  # e.g. out of memory: report it, go on
-            figures.append(error_figure(case.id, f"{case.student} training step", err))
-    return figures
+    return measure_cases(ctx, CASES, measure, lambda case: f"{case.student} training step")
