@@ -100,15 +100,16 @@ setup: $(INSTALLED)
 # torch is installed first and pinned: a bare `torch` requirement would pull a CUDA build.
 # These declare requirements that cannot be installed or run here and are not needed, hence
 # --no-deps: musicnn (pretrained weights only), tinysoundfont (pyaudio), torchopenl3 (an old
-# resampy), hear21passt (timm, torchaudio). torchaudio itself only serves the tests, as the
-# reference Kaldi filterbank (its compiled part does not load on a CPU-only torch).
+# resampy), hear21passt (timm, torchaudio), aisfx (an old librosa and numpy; weights only).
+# torchaudio itself only serves the tests, as the reference Kaldi filterbank (its compiled part
+# does not load on a CPU-only torch).
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[demo,onnx,dev]'
 	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0 tinysoundfont==0.3.7 \
-		torchopenl3==1.0.1 hear21passt==0.0.26 torchaudio==2.11.0
+		torchopenl3==1.0.1 hear21passt==0.0.26 torchaudio==2.11.0 aisfx==0.1.2
 	touch $@
 
 $(STAMPS)/%.params: | $(INSTALLED)

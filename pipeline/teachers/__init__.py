@@ -34,6 +34,7 @@ TEACHERS: dict[str, type[Teacher]] = {}
 # Modules imported lazily by ``create_teacher`` so that listing teachers never imports a
 # model package (some of them do network I/O at import time).
 _TEACHER_MODULES = {
+    "aisfx": "aisfx",
     "musicnn": "musicnn",
     "openl3": "openl3",
     "panns": "panns",
