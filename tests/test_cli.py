@@ -49,7 +49,7 @@ def test_teacher_names_and_hear_modules(tmp_path, capsys):
     from pipeline.stamps import stamps_for, train_key
     from pipeline.teachers import check_teacher_name, list_teachers
 
-    assert {"musicnn", "openl3", "panns", "passt", "vggish", "hear:<module>"} == set(
+    assert {"aisfx", "musicnn", "openl3", "panns", "passt", "vggish", "hear:<module>"} == set(
         list_teachers()
     )
     assert check_teacher_name("hear:my_pkg.hear_api") == "hear:my_pkg.hear_api"
