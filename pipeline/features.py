@@ -178,6 +178,11 @@ def num_frames(n_samples: int, hop_length: int, *, preemphasis: bool = True) -> 
     return 1 + (n_samples - int(preemphasis)) // hop_length
 
 
+def num_samples(n_frames: int, hop_length: int, *, preemphasis: bool = True) -> int:
+    """The fewest samples that give ``n_frames`` frames: the inverse of :func:`num_frames`."""
+    return (n_frames - 1) * hop_length + int(preemphasis)
+
+
 def preemphasise(waveforms: torch.Tensor, coefficient: float) -> torch.Tensor:
     """y[n] = x[n + 1] − a·x[n] along the last axis: (..., samples) → (..., samples − 1).
 

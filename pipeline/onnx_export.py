@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.features import num_samples
 from pipeline.predict import MEL_STORE_DTYPE, Predictor, load_run
 
 ONNX_NAME = "student.onnx"
@@ -92,8 +93,9 @@ def export_onnx(
     out = Path(out) if out is not None else run_dir / ONNX_NAME
     tagger = WaveformTagger(predictor).eval()
     config = predictor.frontend.config
-    # Centred frames of the pre-emphasised signal (one sample shorter): 1 + (n - 1) // hop.
-    window = (predictor.mel_frames - 1) * config.hop_length + (1 if config.preemphasis else 0)
+    window = num_samples(
+        predictor.mel_frames, config.hop_length, preemphasis=config.preemphasis is not None
+    )
     metadata = {
         "classes": json.dumps(predictor.classes),
         "sample_rate_hz": str(predictor.sample_rate_hz),
