@@ -270,20 +270,13 @@ def cmd_mels(args: argparse.Namespace) -> int:
     return _fill_store(frontend, out, args, manifest)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.config import train_config
+def _prepare_mels(args: argparse.Namespace, cfg: Any) -> None:
+    """Build (or rebuild, when stale) the mel store ``cfg`` reads, on the first process only."""
     from pipeline.features import create_frontend
     from pipeline.paths import locate_store, mel_store_name
-    from pipeline.train import train
 
-    overrides = dict(args.setting)
-    if args.device:
-        overrides["device"] = args.device
-    if args.workers is not None:
-        overrides["workers"] = args.workers
-    cfg = train_config(args.dataset, preset=args.preset, **overrides)
-    manifest = read_manifest(args.data_dir, args.dataset)
-    mel_store = locate_store(args.data_dir, args.dataset, mel_store_name(cfg.frontend))
+    manifest = read_manifest(args.data_dir, cfg.dataset)
+    mel_store = locate_store(args.data_dir, cfg.dataset, mel_store_name(cfg.frontend))
     # A mel store is derived from the manifest and the front end alone: one made with other
     # front-end settings or for other clips is computed again (saying why), never mixed.
     stale = _staleness(mel_store, create_frontend(cfg.frontend).fingerprint(), manifest.clip_ids)
@@ -298,13 +291,50 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"computing the {cfg.frontend} mel store first")
         summary = build_mels(
             args.data_dir,
-            args.dataset,
+            cfg.dataset,
             cfg.frontend,
             overwrite=bool(stale),
             progress=not args.quiet,
         )
         print(summary)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = dict(args.setting)
+    if args.device:
+        overrides["device"] = args.device
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.config import train_config
+    from pipeline.train import train
+
+    cfg = train_config(args.dataset, preset=args.preset, **_overrides(args))
+    _prepare_mels(args, cfg)
     train(cfg, args.data_dir, progress=not args.quiet)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.compare import comparison_configs, run_comparison
+
+    configs = comparison_configs(
+        args.dataset,
+        teacher=args.teacher,
+        seeds=args.seeds,
+        label_fractions=args.label_fractions,
+        lambdas=args.lambdas or [None],
+        kd=not args.no_kd,
+        preset=args.preset,
+        **_overrides(args),
+    )
+    _prepare_mels(args, configs[0])
+    text = run_comparison(args.data_dir, configs, device=args.device, progress=not args.quiet)
+    if text:
+        print("\n" + text)
     return 0
 
 
@@ -572,6 +602,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="loader worker processes")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser(
+        "compare",
+        help="baseline, EAsT and EAsT-KD over seeds (and label fractions, λ), with 95 % CIs",
+        description="Train the arms of a comparison where their runs are missing (the student "
+        "without a teacher, EAsT and EAsT-KD with TEACHER, each with --seeds seeds, for every "
+        "label fraction and λ given), evaluate them and write the report with each arm's mean "
+        "test mAP, its 95 %% confidence interval over seeds and test clips, and the paired "
+        "difference to the student without a teacher.",
+    )
+    p.add_argument("dataset", type=_safe_name)
+    p.add_argument("teacher", help="teacher store name(s), '+'-joined for several")
+    p.add_argument("setting", type=_key_value, nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per arm (default 3)")
+    p.add_argument(
+        "--label-fractions",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="F",
+        help="fractions of training clips that keep their labels (default 1)",
+    )
+    p.add_argument("--lambdas", type=float, nargs="+", metavar="λ", help="λ values of EAsT")
+    p.add_argument("--no-kd", action="store_true", help="leave out the EAsT-KD arm")
+    p.add_argument("--preset", help="hyper-parameter preset (default: the dataset's, or default)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, help="loader worker processes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser(
         "eval",

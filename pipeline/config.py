@@ -77,6 +77,11 @@ class TrainConfig:
     band_jitter : OpenMIC's training-time jitter of the mel band limits (f_min + [0, 20) Hz,
         f_max − [0, 2000) Hz per clip), approximated on the cached log-mels by warping them
         along the bands (:func:`pipeline.melbanks.jitter_mel_bands`), before SpecAugment
+    label_fraction : fraction of the training split's clips whose labels are kept (seeded by
+        ``seed``, class-stratified, nested across fractions, see
+        :func:`pipeline.fractions.labelled_subset`); the other training clips stay in training
+        with all labels unknown, so the teacher term still sees them; validation and test are
+        untouched; 1 = all
     shard_window : shards shuffled together (see :class:`pipeline.loader.ShardAwareSampler`)
     seed : everything random derives from it
     probe_lr : SGD learning rate of the KD linear probes; ``None`` = the official value per
@@ -110,6 +115,7 @@ class TrainConfig:
     specaug_freq: int = 0
     specaug_time: int = 0
     band_jitter: bool = False
+    label_fraction: float = 1.0
     shard_window: int = 4
     seed: int = 1223
     probe_lr: float | None = None
@@ -144,6 +150,8 @@ class TrainConfig:
             problems.append("max_steps and max_epochs are both None: a run needs a limit")
         if self.probe_lr is not None and not self.probe_lr > 0:
             problems.append(f"probe_lr must be > 0, not {self.probe_lr}")
+        if not 0.0 < self.label_fraction <= 1.0:
+            problems.append(f"label_fraction must lie in (0, 1], not {self.label_fraction}")
         if self.workers < 0:
             problems.append(f"workers must be ≥ 0, not {self.workers}")
         if problems:
@@ -185,6 +193,8 @@ class TrainConfig:
         resolved, so a run spelling out the paper's value is the run that leaves it to the table.
         """
         fields = {k: v for k, v in self.as_dict().items() if k not in NOT_HASHED}
+        if self.label_fraction == 1.0:
+            del fields["label_fraction"]  # the run names from before the setting existed
         fields["lam"] = self.regulariser_weight
         fields["time_factors"] = self.time_factors
         fields["probe_lr"] = self.probe_lrs if self.kd else None

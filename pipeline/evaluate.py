@@ -30,7 +30,14 @@ from torch.utils.data import DataLoader
 
 import pipeline.probe
 import pipeline.schedule
-from pipeline.config import RECIPE, of_current_recipe, paper_probe_lr, probe_standardises
+from pipeline.config import (
+    RECIPE,
+    TrainConfig,
+    of_current_recipe,
+    paper_probe_lr,
+    probe_standardises,
+)
+from pipeline.fractions import labelled_subset
 from pipeline.loader import ClipDataset, collate
 from pipeline.manifest import Manifest
 from pipeline.metrics import (
@@ -48,6 +55,7 @@ from pipeline.students import create_student
 from pipeline.train import predict_logits, resolve_device
 
 FIXED_THRESHOLD = 0.4
+PREDICTIONS = "predictions.npz"
 
 
 def _code_digest() -> str:
@@ -108,7 +116,37 @@ def score_report(
 
 def _is_current(folder: Path, source: dict[str, Any]) -> bool:
     path = folder / "metrics.json"
-    return path.is_file() and json.loads(path.read_text()).get("source") == source
+    return (
+        path.is_file()
+        and (folder / PREDICTIONS).is_file()
+        and json.loads(path.read_text()).get("source") == source
+    )
+
+
+def save_predictions(
+    folder: Path, clip_ids: list[str], scores: np.ndarray, labels: np.ndarray, mask: np.ndarray
+) -> None:
+    """Keep the test predictions next to ``metrics.json``: what comparisons resample.
+
+    ``predictions.npz`` holds ``clip_ids`` (N,), ``scores`` (N, C) float32 probabilities,
+    ``labels`` (N, C) and ``mask`` (N, C) bool, exactly as the metrics were computed from.
+    """
+    tmp = folder / (PREDICTIONS + ".partial")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            clip_ids=np.asarray(clip_ids, dtype=str),
+            scores=np.asarray(scores, dtype=np.float32),
+            labels=np.asarray(labels, dtype=np.float32),
+            mask=np.asarray(mask, dtype=bool),
+        )
+    os.replace(tmp, folder / PREDICTIONS)
+
+
+def load_predictions(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """What :func:`save_predictions` wrote: clip_ids, scores, labels, mask."""
+    with np.load(Path(folder) / PREDICTIONS) as data:
+        return {k: data[k] for k in ("clip_ids", "scores", "labels", "mask")}
 
 
 def evaluate_run(
@@ -144,7 +182,9 @@ def evaluate_run(
         loader = DataLoader(dataset, batch_size=32, collate_fn=collate)
         scores = torch.sigmoid(predict_logits(model, loader, torch_device)).numpy()
         splits[split] = (scores, dataset.labels, dataset.mask)
+    test_ids = list(dataset.clip_ids)
     summary, per_class = score_report(splits["valid"], splits["test"])
+    save_predictions(run_dir, test_ids, *splits["test"])
     result = {
         "run": run_dir.name,
         "kind": "student",
@@ -159,13 +199,28 @@ def evaluate_run(
     return result
 
 
+def probe_folder(teacher: str, *, label_fraction: float = 1.0, seed: int = TrainConfig.seed) -> str:
+    """``probe-<teacher>``, or ``probe-<teacher>-f<fraction>-s<seed>`` for other settings."""
+    if label_fraction == 1.0 and seed == TrainConfig.seed:
+        return f"probe-{teacher}"
+    return f"probe-{teacher}-f{label_fraction:g}-s{seed}"
+
+
 def evaluate_probe(
-    data_dir: str | os.PathLike, dataset: str, teacher: str, *, frontend: str, seed: int = 1223
+    data_dir: str | os.PathLike,
+    dataset: str,
+    teacher: str,
+    *,
+    frontend: str,
+    seed: int = TrainConfig.seed,
+    label_fraction: float = 1.0,
 ) -> dict[str, Any] | None:
     """The teacher's reference line: a linear probe on its cached embeddings, on the test split.
 
-    Trained on the training split and selected on validation like the KD probes; written to
-    ``data/runs/<dataset>/probe-<teacher>/``. ``None`` if already up to date.
+    Trained on the training split (its labelled part at ``label_fraction < 1``, the subset a
+    student of the same seed gets, :func:`pipeline.fractions.labelled_subset`) and selected on
+    validation like the KD probes; written to ``data/runs/<dataset>/<probe_folder(...)>/``.
+    ``None`` if already up to date.
     """
     data_dir = Path(data_dir)
     teacher_store = locate_store(data_dir, dataset, teacher)
@@ -175,18 +230,26 @@ def evaluate_probe(
         "seed": seed,
         "code": _code_digest(),
     }
-    folder = runs_path(data_dir, dataset) / f"probe-{teacher}"
+    if label_fraction != 1.0:
+        source["label_fraction"] = label_fraction
+    folder = runs_path(data_dir, dataset) / probe_folder(
+        teacher, label_fraction=label_fraction, seed=seed
+    )
     if _is_current(folder, source):
         return None
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.read(manifest_path(data_dir, dataset))
     sets = {s: ClipDataset(manifest, s, mel, [teacher_store]) for s in ("train", "valid", "test")}
     inputs = {s: d.mean_embeddings(0) for s, d in sets.items()}
+    train_mask = sets["train"].mask
+    if label_fraction < 1.0:
+        keep = labelled_subset(sets["train"].labels, train_mask, fraction=label_fraction, seed=seed)
+        train_mask = train_mask & keep[:, None]
     started = time.perf_counter()
     probe, info = fit_probe(
         inputs["train"],
         sets["train"].labels,
-        sets["train"].mask,
+        train_mask,
         inputs["valid"],
         sets["valid"].labels,
         sets["valid"].mask,
@@ -206,6 +269,9 @@ def evaluate_probe(
         "kind": "probe",
         "recipe": RECIPE,
         "teacher": teacher,
+        "seed": seed,
+        "label_fraction": label_fraction,
+        "frontend": frontend,
         "parameters": sum(p.numel() for p in probe.linear.parameters()),
         "train_seconds": seconds,
         **{f"probe_{k}": v for k, v in info.items()},
@@ -221,6 +287,8 @@ def evaluate_probe(
         "per_class": per_class,
         "source": source,
     }
+    test = sets["test"]
+    save_predictions(folder, list(test.clip_ids), scores["test"], test.labels, test.mask)
     _write_json_atomic(folder / "metrics.json", result)
     return result
 
@@ -244,7 +312,7 @@ def evaluate_all(
     Returns one line per folder saying what happened.
     """
     lines = []
-    teachers: set[tuple[str, str, str]] = set()
+    teachers: set[tuple[str, str, str, int, float]] = set()
     for run_dir in trained_runs(data_dir, dataset):
         config = json.loads((run_dir / "config.json").read_text())
         if not of_current_recipe(config):
@@ -254,12 +322,17 @@ def evaluate_all(
             )
             continue
         result = evaluate_run(run_dir, data_dir, device=device)
-        teachers |= {(config["dataset"], t, config["frontend"]) for t in _teachers(config)}
+        setting = (config["frontend"], config["seed"], config.get("label_fraction", 1.0))
+        teachers |= {(config["dataset"], t, *setting) for t in _teachers(config)}
         lines.append(_line(run_dir, result))
     if probes:
-        for name, teacher, frontend in sorted(teachers):
-            result = evaluate_probe(data_dir, name, teacher, frontend=frontend)
-            lines.append(_line(runs_path(Path(data_dir), name) / f"probe-{teacher}", result))
+        # A probe per teacher and per (seed, label fraction) a student of that teacher used.
+        for name, teacher, frontend, seed, fraction in sorted(teachers):
+            result = evaluate_probe(
+                data_dir, name, teacher, frontend=frontend, seed=seed, label_fraction=fraction
+            )
+            folder = probe_folder(teacher, label_fraction=fraction, seed=seed)
+            lines.append(_line(runs_path(Path(data_dir), name) / folder, result))
     return lines
 
 

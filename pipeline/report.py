@@ -22,6 +22,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.arms import compare_runs
+from pipeline.comparison_report import write_comparison
 from pipeline.config import of_current_recipe
 
 DASH = "–"
@@ -273,15 +275,20 @@ plot the BCE part of the loss, which is comparable across runs whatever the regu
 
 
 def write_report(runs_dir: Path, out_dir: Path, *, title: str | None = None) -> Path:
-    """Write ``report.md``, ``curves.png`` and ``per_class_ap.png`` into ``out_dir``."""
+    """Write ``report.md``, ``curves.png`` and ``per_class_ap.png`` into ``out_dir``, and the
+    comparison of arms over seeds (:mod:`pipeline.comparison_report`) where runs have test
+    predictions."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(runs_dir)
     plot_curves(runs, out_dir / "curves.png")
     plot_per_class_ap(runs, out_dir / "per_class_ap.png")
     missing = [r.name for r in runs if not r.test]
+    comparison = write_comparison(compare_runs(runs_dir), out_dir)
     parts = [
         f"# {title or f'Results: {runs_dir.name}'}",
+        *([comparison] if comparison else []),
+        "## Every run",
         comparison_table(runs, out_dir),
         *([f"Not evaluated on the test split: {', '.join(missing)}."] if missing else []),
         HOW_TO_READ,

@@ -72,6 +72,7 @@ from pipeline.distributed import (
     processes_from_env,
 )
 from pipeline.features import frontend_config
+from pipeline.fractions import labelled_subset
 from pipeline.loader import (
     ClipDataset,
     EvenShardSampler,
@@ -427,6 +428,18 @@ def _train(
                 f"{other}; run `{what} DATASET={cfg.dataset}` again (it replaces the store)"
             )
     train_set = ClipDataset(manifest, "train", mel_path, teacher_paths)
+    labelled = len(train_set)
+    if cfg.label_fraction < 1:  # label-scarce regime: the other clips keep no known label
+        keep = labelled_subset(
+            train_set.labels, train_set.mask, fraction=cfg.label_fraction, seed=cfg.seed
+        )
+        train_set.mask = np.array(train_set.mask, dtype=bool)  # a writable copy
+        train_set.mask[~keep] = False
+        labelled = int(keep.sum())
+        say(
+            f"label_fraction {cfg.label_fraction}: labels kept for {labelled} of "
+            f"{len(train_set)} training clips (seed {cfg.seed})"
+        )
     valid_set = ClipDataset(manifest, "valid", mel_path, teacher_paths)
     for name, dataset in (("train", train_set), ("valid", valid_set)):
         for clip, cause in sorted(dataset.skipped.items()):
@@ -452,6 +465,7 @@ def _train(
         "mel_frames": train_set.mel_frames,
         "pipeline_version": pipeline.__version__,
         "recipe": RECIPE,
+        "labelled_train_clips": labelled,
     }
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
