@@ -40,6 +40,11 @@ WORKERS  ?=
 NPROC    ?=
 # Any other training setting, e.g. SETTINGS="max_epochs=20 lr=3e-4"
 SETTINGS ?=
+# Comparisons: seeds per arm, label fractions and λ values as further axes;
+# KD=0 leaves the EAsT-KD arm out of a comparison.
+SEEDS           ?= 3
+LABEL_FRACTIONS ?= 1
+LAMBDAS         ?=
 # Benchmark sizes: 1 is the full benchmark, 0.01 a quick look
 BENCH_SCALE ?= 1
 
@@ -73,7 +78,7 @@ ifneq ($(wildcard $(PY)),)
 _ := $(shell $(STAMP_CMD))
 endif
 
-.PHONY: help setup data extract mels train eval report demo bench test torture lint format clean-venv
+.PHONY: help setup data extract mels train compare paper eval report demo bench test torture lint format clean-venv
 
 help:
 	@echo "make demo                                   everything on the offline default dataset"
@@ -88,6 +93,9 @@ help:
 	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
 	@echo "                                            stage two: train a student (resumable)"
 	@echo "make train ... NPROC=2                      the same on 2 processes (torchrun, DDP)"
+	@echo "make compare DATASET=... TEACHER=... [SEEDS=3 LABEL_FRACTIONS=\"0.1 1\" LAMBDAS=\"0.5 0.9\" KD=0]"
+	@echo "                                            baseline vs EAsT vs EAsT-KD over seeds, 95% CIs"
+	@echo "make paper DATASET=openmic|magnatagatune [SEEDS=3]  the paper's whole table, ours beside theirs"
 	@echo "make eval [DATASET=...]                     test metrics of trained runs + teacher probes"
 	@echo "make report DATASET=...                     markdown report with plots"
 	@echo "make bench [BENCH_SCALE=1] [DEVICE=cuda]    benchmarks → data/bench/results.md"
@@ -147,6 +155,23 @@ $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEA
 		$(if $(WORKERS),--workers $(WORKERS))
 	touch $@
 
+# Trains only the runs that are missing (finished ones are found by their configuration), then
+# evaluates and writes the report with the comparison.
+compare: $(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
+	$(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
+		--nproc-per-node $(NPROC) -m pipeline --data-dir $(DATA),$(CLI)) compare $(DATASET) \
+		$(TEACHER) --seeds $(SEEDS) --label-fractions $(LABEL_FRACTIONS) \
+		$(if $(LAMBDAS),--lambdas $(LAMBDAS)) $(if $(filter 0 no false False,$(KD)),--no-kd) \
+		$(if $(STUDENT),student=$(STUDENT)) $(if $(FRONTEND),frontend=$(FRONTEND)) \
+		$(if $(LOSS),loss=$(LOSS)) $(foreach s,$(SETTINGS),$(call quote,$(s))) \
+		$(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
+
+# The paper's table (DATASET=openmic|magnatagatune): the four teachers' stores, then every run.
+PAPER_TEACHERS := vggish openl3 passt panns
+paper: $(MANIFEST) $(foreach t,$(PAPER_TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
+	$(CLI) paper $(DATASET) --seeds $(SEEDS) $(foreach s,$(SETTINGS),$(call quote,$(s))) \
+		$(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
+
 eval: $(EVALUATED)
 $(EVALUATED): $(wildcard $(STAMPS)/train-$(DATASET)-*.done) | $(INSTALLED)
 	$(CLI) eval $(DATASET) $(if $(DEVICE),--device $(DEVICE))
@@ -156,13 +181,12 @@ report: $(REPORT)
 $(REPORT): $(EVALUATED)
 	$(CLI) report $(DATASET)
 
-# The embedded default, end to end: the same student without a teacher, with musicnn (EAsT),
-# and with musicnn plus KD; then test metrics, the teacher's probe and the report.
+# The embedded default, end to end: the student without a teacher and with musicnn (EAsT),
+# three seeds each, then test metrics, the teacher's probe, the comparison with 95 % intervals
+# and the report (`make compare DATASET=demo TEACHER=musicnn` adds EAsT-KD).
 demo: $(INSTALLED)
-	$(MAKE) --no-print-directory train DATASET=demo TEACHER=none
-	$(MAKE) --no-print-directory train DATASET=demo TEACHER=musicnn
-	$(MAKE) --no-print-directory train DATASET=demo TEACHER=musicnn KD=1
-	$(MAKE) --no-print-directory report DATASET=demo
+	$(MAKE) --no-print-directory compare DATASET=demo TEACHER=musicnn SEEDS=3 KD=0 \
+		LABEL_FRACTIONS=1 LAMBDAS=
 
 bench: $(INSTALLED)
 	$(PY) -m pipeline.bench --scale $(BENCH_SCALE) $(if $(DEVICE),--device $(DEVICE)) \

@@ -338,6 +338,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paper(args: argparse.Namespace) -> int:
+    from pipeline.compare import run_comparison
+    from pipeline.paper import estimate_hours, paper_configs, write_paper_table
+
+    teachers = args.teachers.split("+") if args.teachers else None
+    configs = paper_configs(
+        args.dataset,
+        seeds=args.seeds,
+        **({"teachers": teachers} if teachers else {}),
+        **_overrides(args),
+    )
+    _prepare_mels(args, configs[0])
+    first_process = os.environ.get("RANK", "0") == "0"
+    if first_process:
+        _, line = estimate_hours(args.data_dir, configs)
+        print(f"training plan: {line}")
+    if args.estimate_only:
+        return 0
+    run_comparison(args.data_dir, configs, device=args.device, progress=not args.quiet)
+    if first_process:
+        out, text = write_paper_table(args.data_dir, args.dataset)
+        print("\n" + text + f"\n{out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate_all
 
@@ -631,6 +656,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="loader worker processes")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_compare)
+
+    p = sub.add_parser(
+        "paper",
+        help="the paper's table: four teachers' probes, baseline, EAsT, EAsT-KD, with seeds",
+        description="Train (where missing) and evaluate every run of the paper's table for "
+        "openmic or magnatagatune (the teacher stores must exist: make extract), print the "
+        "estimated training time first and the published figures beside ours at the end "
+        "(data/reports/DATASET/paper.md).",
+    )
+    p.add_argument("dataset", choices=["openmic", "magnatagatune"])
+    p.add_argument("setting", type=_key_value, nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--teachers", help="'+'-joined subset of vggish+openl3+passt+panns")
+    p.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, help="loader worker processes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_paper)
 
     p = sub.add_parser(
         "eval",

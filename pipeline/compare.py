@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.arms import compare_runs
-from pipeline.comparison_report import comparison_markdown
+from pipeline.arms import compare_runs, context_title
+from pipeline.comparison_report import METHOD, context_table
 from pipeline.config import TrainConfig, train_config
 from pipeline.distributed import processes_from_env
 from pipeline.evaluate import evaluate_all
@@ -84,7 +84,7 @@ def run_comparison(
 ) -> str:
     """Train the runs of ``configs`` that are not finished, evaluate, write the report.
 
-    Returns the comparison's markdown (tables and notes) for printing; under ``torchrun`` the
+    Returns the comparison's tables (markdown) for printing; under ``torchrun`` the
     processes other than the first train and return an empty string.
     """
     data_dir = Path(data_dir)
@@ -102,4 +102,9 @@ def run_comparison(
         say(line)
     report = write_report(runs_path(data_dir, dataset), data_dir / "reports" / dataset)
     say(f"report: {report}")
-    return comparison_markdown(compare_runs(runs_path(data_dir, dataset)))
+    contexts = compare_runs(runs_path(data_dir, dataset))
+    parts = []
+    for context in contexts:
+        parts.append(f"{context_title(context, contexts)} ({context.clips} test clips):")
+        parts.append(context_table(context) + (f"\nNote: {context.note}." if context.note else ""))
+    return "\n\n".join([*parts, METHOD])

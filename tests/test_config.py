@@ -46,7 +46,7 @@ def test_magnatagatune_preset() -> None:
 
 def test_demo_preset_keeps_its_epoch_length() -> None:
     cfg = train_config("demo", teacher="musicnn")
-    assert cfg.max_epochs == 20 and cfg.student_options == {"base_channels": 32}
+    assert cfg.max_epochs == 10 and cfg.student_options == {"base_channels": 32}
     assert cfg.time_factors == (None,)  # musicnn: computed factors
 
 
