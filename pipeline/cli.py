@@ -319,8 +319,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import comparison_configs, run_comparison
+    from pipeline.compare import check_settings, comparison_configs, run_comparison
 
+    settings = _overrides(args)
+    check_settings(settings)
     configs = comparison_configs(
         args.dataset,
         teacher=args.teacher,
@@ -329,7 +331,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lambdas=args.lambdas or [None],
         kd=not args.no_kd,
         preset=args.preset,
-        **_overrides(args),
+        **settings,
     )
     _prepare_mels(args, configs[0])
     text = run_comparison(args.data_dir, configs, device=args.device, progress=not args.quiet)
@@ -339,16 +341,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from pipeline.compare import run_comparison
-    from pipeline.paper import estimate_hours, paper_configs, write_paper_table
+    from pipeline.compare import check_settings, run_comparison
+    from pipeline.paper import PAPER_TEACHERS, estimate_hours, paper_configs, write_paper_table
 
-    teachers = args.teachers.split("+") if args.teachers else None
-    configs = paper_configs(
-        args.dataset,
-        seeds=args.seeds,
-        **({"teachers": teachers} if teachers else {}),
-        **_overrides(args),
-    )
+    settings = _overrides(args)
+    check_settings(settings)
+    teachers = args.teachers.split("+") if args.teachers else PAPER_TEACHERS
+    configs = paper_configs(args.dataset, seeds=args.seeds, teachers=teachers, **settings)
     _prepare_mels(args, configs[0])
     first_process = os.environ.get("RANK", "0") == "0"
     if first_process:

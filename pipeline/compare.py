@@ -11,18 +11,41 @@ one run after the other, so ``torchrun`` and a GPU work as for one run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.arms import compare_runs, context_title
 from pipeline.comparison_report import METHOD, context_table
-from pipeline.config import TrainConfig, train_config
+from pipeline.config import ConfigError, TrainConfig, train_config
 from pipeline.distributed import processes_from_env
 from pipeline.evaluate import evaluate_all
 from pipeline.paths import runs_path
 from pipeline.report import write_report
 from pipeline.train import train
+
+# Settings a comparison sets itself, and the options that set them instead.
+SET_BY_COMPARISON = {
+    "teacher": "the TEACHER argument",
+    "lam": "--lambdas (LAMBDAS=)",
+    "kd": "--no-kd (KD=0)",
+    "label_fraction": "--label-fractions (LABEL_FRACTIONS=)",
+    "seeds": "--seeds (SEEDS=)",
+    "preset": "--preset",
+    "teachers": "--teachers (make paper)",
+}
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse settings that a comparison varies itself, naming the option to use instead.
+
+    Raises
+    ------
+    ConfigError
+    """
+    clashes = [f"{k} (use {SET_BY_COMPARISON[k]})" for k in settings if k in SET_BY_COMPARISON]
+    if clashes:
+        raise ConfigError("a comparison sets these itself: " + "; ".join(clashes))
 
 
 def comparison_configs(
@@ -54,8 +77,7 @@ def comparison_configs(
     ConfigError
         For an invalid setting, a fraction outside (0, 1] or a teacher of ``none``.
     """
-    from pipeline.config import ConfigError
-
+    check_settings(settings)
     if seeds < 1:
         raise ConfigError(f"seeds must be ≥ 1, not {seeds}")
     if teacher in ("", "none"):

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+SUBSET_STREAM = 0x1ABE1  # any nonzero constant: a random stream no other part uses
+
 
 def labelled_subset(
     labels: np.ndarray, mask: np.ndarray, *, fraction: float, seed: int
@@ -53,7 +55,9 @@ def labelled_subset(
     n = labels.shape[0]
     if fraction == 1.0 or n == 0:
         return np.ones(n, dtype=bool)
-    order = np.random.default_rng(seed).permutation(n)
+    # A stream of its own: default_rng(seed) would equal the sampler's first-epoch order
+    # (default_rng([seed, 0])), putting the labelled clips first in the first epoch.
+    order = np.random.default_rng([seed, SUBSET_STREAM]).permutation(n)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)  # position of each clip in the priority order
     keep = rank < max(1, round(fraction * n))

@@ -90,7 +90,8 @@ def write_openmic_release(
     for key in keys:
         path = root / "audio" / key[:3] / f"{key}.ogg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, _clip(rng, seconds, sample_rate), sample_rate, format="OGG", subtype="VORBIS")
+        wave = _clip(rng, seconds, sample_rate)
+        sf.write(path, wave, sample_rate, format="OGG", subtype="VORBIS")
     return splits
 
 

@@ -602,6 +602,8 @@ def test_compare_trains_evaluates_reports_and_reuses_finished_runs(demo_data: Pa
 
     again = _cli(demo_data, *compare, "0.5", "1", "--seeds", "3", "-q")
     assert len(re.findall(r"already trained", again.stdout)) == len(first)
+    # The old runs and probes are not evaluated again either.
+    assert len(re.findall(r"metrics up to date", again.stdout)) == len(first) + 4
     after = _student_runs(runs)
     assert first < after and len(after - first) == 4
     for name in after - first:
