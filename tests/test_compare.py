@@ -19,7 +19,7 @@ import pytest
 
 import pipeline
 from pipeline.arms import collect_arms, compare_runs, context_title
-from pipeline.compare import comparison_configs
+from pipeline.compare import check_settings, comparison_configs
 from pipeline.comparison_report import HEADER, comparison_json, verdict, write_comparison
 from pipeline.config import RECIPE, ConfigError, train_config
 from pipeline.evaluate import (
@@ -613,3 +613,19 @@ def test_compare_trains_evaluates_reports_and_reuses_finished_runs(demo_data: Pa
         for arm in context["arms"]:
             assert set(arm["runs"]) == seeds | {str(BASE_SEED + 2)}
             assert arm["map"]["seeds"] == 3
+
+
+@pytest.mark.parametrize("name", ["lam", "kd", "label_fraction", "teacher", "seeds"])
+def test_settings_a_comparison_varies_are_refused_with_the_option_to_use(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} \\(use "):
+        check_settings({name: 0.3})
+
+
+def test_compare_command_refuses_them_with_status_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--data-dir", str(tmp_path), "compare", "demo",
+         "musicnn", "lam=0.3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "lam (use --lambdas" in result.stderr
+    assert "Traceback" not in result.stderr
