@@ -357,7 +357,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
         return 0
     run_comparison(args.data_dir, configs, device=args.device, progress=not args.quiet)
     if first_process:
-        out, text = write_paper_table(args.data_dir, args.dataset)
+        out, text = write_paper_table(args.data_dir, args.dataset, configs)
         print("\n" + text + f"\n{out}")
     return 0
 
@@ -728,7 +728,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE settings may also follow the options (train demo --seeds 3 max_epochs=2).
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "setting") and all("=" in e for e in extra):
+        try:
+            args.setting += [_key_value(e) for e in extra]
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -321,6 +321,9 @@ def evaluate_all(
                 f"(now {RECIPE}); retrain it or delete the folder"
             )
             continue
+        if not (run_dir / "best.pt").is_file():
+            lines.append(f"{run_dir}: left out, no validated epoch (no best.pt)")
+            continue
         result = evaluate_run(run_dir, data_dir, device=device)
         setting = (config["frontend"], config["seed"], config.get("label_fraction", 1.0))
         teachers |= {(config["dataset"], t, *setting) for t in _teachers(config)}

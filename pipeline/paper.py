@@ -173,12 +173,26 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
-def paper_table(dataset: str, contexts: list[Context]) -> str:
+def _shared_runs(context: Context, runs: set[str]) -> int:
+    return sum(f.name in runs for row in context.rows for f in row.arm.folders.values())
+
+
+def paper_table(dataset: str, contexts: list[Context], runs: set[str] | None = None) -> str:
     """Markdown: per arm our test mAP with its interval and our validation mAP, the published
-    figures beside them, and ours − published (test where published, else validation)."""
+    figures beside them, and ours − published (test where published, else validation).
+
+    The table shows the context holding most of the run folders named in ``runs`` (the runs of
+    this table; other runs of the dataset may share the folder), else the first one with every
+    label.
+    """
     published = PUBLISHED[dataset]
     metric = "PR-AUC (= mAP)" if dataset == "magnatagatune" else "mAP"
-    context = next((c for c in contexts if c.label_fraction == 1.0), None)
+    full = [c for c in contexts if c.label_fraction == 1.0]
+    if runs:
+        full.sort(
+            key=lambda c: -sum(f.name in runs for r in c.rows for f in r.arm.folders.values())
+        )
+    context = full[0] if full else None
     if context is None:
         return "No evaluated runs with all labels yet."
     lines = [
@@ -204,12 +218,19 @@ def paper_table(dataset: str, contexts: list[Context]) -> str:
     return "\n".join(lines)
 
 
-def write_paper_table(data_dir: str | os.PathLike, dataset: str) -> tuple[Path, str]:
-    """``data/reports/<dataset>/paper.md`` from the evaluated runs; returns its path and text."""
-    contexts = compare_runs(runs_path(Path(data_dir), dataset))
+def write_paper_table(
+    data_dir: str | os.PathLike, dataset: str, configs: Sequence[TrainConfig]
+) -> tuple[Path, str]:
+    """``data/reports/<dataset>/paper.md`` from the evaluated runs of ``configs``; returns its
+    path and text."""
+    from pipeline.train import run_dir_for
+
+    data_dir = Path(data_dir)
+    runs = {run_dir_for(c, data_dir).name for c in configs}
+    contexts = compare_runs(runs_path(data_dir, dataset))
     text = (
         f"# The paper's table on {dataset}: ours beside the published figures\n\n"
-        + paper_table(dataset, contexts)
+        + paper_table(dataset, contexts, runs)
         + "\n\nPublished: Ding & Lerch, ISMIR 2023 (test: PaSST only; validation: the official "
         "checkpoints' names). Ours: mean over seeds; the interval covers seeds and test clips.\n"
     )

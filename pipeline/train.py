@@ -450,10 +450,10 @@ def _train(
     summary_path = run_dir / "train.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        say(f"{run_dir}: already trained (best valid mAP {summary['best_valid_map']:.4f})")
-        return TrainResult(
-            run_dir, summary["best_epoch"], summary["best_valid_map"], summary["epochs"], -1
-        )
+        best_map = summary["best_valid_map"]
+        best_map = -math.inf if best_map is None else best_map
+        say(f"{run_dir}: already trained (best valid mAP {best_map:.4f})")
+        return TrainResult(run_dir, summary["best_epoch"], best_map, summary["epochs"], -1)
     resolved = {
         **cfg.as_dict(),
         "lam": cfg.regulariser_weight,
@@ -603,7 +603,7 @@ def _train(
         summary = {
             "run": run_dir.name,
             "best_epoch": best,
-            "best_valid_map": best_map,
+            "best_valid_map": best_map if best else None,
             "epochs": state["epoch"],
             "steps": state["step"],
             "stopped_by": stopped,
@@ -617,7 +617,13 @@ def _train(
         }
         _write_text_atomic(summary_path, json.dumps(summary, indent=2))
     barrier(procs)  # the summary exists when any process returns
-    say(f"{run_dir}: best valid mAP {best_map:.4f} at epoch {best}")
+    if not best:
+        say(
+            f"{run_dir}: no epoch was validated (max_steps {cfg.max_steps} ends inside the "
+            f"first epoch of {len(train_loader)} steps), so there is no best.pt"
+        )
+    else:
+        say(f"{run_dir}: best valid mAP {best_map:.4f} at epoch {best}")
     return TrainResult(run_dir, best, best_map, state["epoch"], resumed_from)
 
 

@@ -624,8 +624,15 @@ def test_settings_a_comparison_varies_are_refused_with_the_option_to_use(name: s
 def test_compare_command_refuses_them_with_status_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "--data-dir", str(tmp_path), "compare", "demo",
-         "musicnn", "lam=0.3"],
+         "musicnn", "--seeds", "2", "lam=0.3"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+    # The setting comes after an option: it is still read as a setting.
     assert result.returncode == 2 and "lam (use --lambdas" in result.stderr
     assert "Traceback" not in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--data-dir", str(tmp_path), "compare", "demo",
+         "musicnn", "--seeds", "2", "stray"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "unrecognized arguments: stray" in result.stderr

@@ -275,6 +275,20 @@ def test_paper_estimate_only_trains_nothing(openmic_data, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+def test_paper_with_a_teacher_store_missing_stops_before_training(
+    openmic_data, tmp_path: Path
+) -> None:
+    base, splits = openmic_data
+    data = _fresh_copy(base, tmp_path)
+    shutil.rmtree(data / "cache" / "openmic" / "panns.zarr")
+    args = ["paper", "openmic", *_settings(splits), "--seeds", "1", "-q"]
+    result = _cli(data, *args, "--teachers", "+".join(FAST_TEACHERS), expect=2)
+    assert "no clip store at" in result.stderr and "panns.zarr" in result.stderr
+    assert "training plan" not in result.stdout
+    assert not (data / "runs").exists()
+
+
+@pytest.mark.slow
 def test_paper_trains_evaluates_and_sets_published_figures_beside_ours(
     openmic_data, tmp_path: Path
 ) -> None:

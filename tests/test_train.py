@@ -235,3 +235,21 @@ def test_missing_teacher_store_names_the_command(data_dir: Path) -> None:
     out = _cli(data_dir, "train", "demo", "teacher=panns", check=False)
     assert out.returncode == 2
     assert "panns.zarr" in out.stderr and "make extract" in out.stderr
+
+
+def test_a_run_shorter_than_an_epoch_has_no_best_and_evaluation_leaves_it_out(
+    data_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from pipeline.evaluate import evaluate_all
+
+    other = _sibling(data_dir, tmp_path)
+    result = train(train_config("demo", teacher="none", max_steps=1, workers=0), other)
+    summary = json.loads((result.run_dir / "train.json").read_text())
+    assert summary["best_epoch"] == 0 and summary["best_valid_map"] is None
+    assert not (result.run_dir / "best.pt").exists()
+    assert "no epoch was validated (max_steps 1 ends inside the first epoch" in (
+        capsys.readouterr().out
+    )
+    assert evaluate_all(other, "demo", probes=False) == [
+        f"{result.run_dir}: left out, no validated epoch (no best.pt)"
+    ]
