@@ -18,11 +18,11 @@ from typing import Any
 from pipeline.arms import compare_runs, context_title
 from pipeline.comparison_report import METHOD, context_table
 from pipeline.config import ConfigError, TrainConfig, train_config
-from pipeline.distributed import processes_from_env
+from pipeline.distributed import process_device, process_group, processes_from_env
 from pipeline.evaluate import evaluate_all
 from pipeline.paths import runs_path
 from pipeline.report import write_report
-from pipeline.train import train
+from pipeline.train import resolve_device, train
 
 # Settings a comparison sets itself, and the options that set them instead.
 SET_BY_COMPARISON = {
@@ -110,14 +110,19 @@ def run_comparison(
     processes other than the first train and return an empty string.
     """
     data_dir = Path(data_dir)
-    for i, cfg in enumerate(configs, 1):
-        arm = "no teacher" if not cfg.teachers else f"{cfg.teacher}{' KD' if cfg.kd else ''}"
-        say(
-            f"[{i}/{len(configs)}] {arm}, λ={cfg.regulariser_weight:g}, seed {cfg.seed}, "
-            f"label fraction {cfg.label_fraction:g}"
-        )
-        train(cfg, data_dir, progress=progress)
-    if not processes_from_env().main:
+    procs = processes_from_env()
+    # With several processes, one process group for all the runs.
+    device_of_runs = process_device(procs, resolve_device(configs[0].device))
+    with process_group(procs, device_of_runs):
+        for i, cfg in enumerate(configs, 1):
+            arm = "no teacher" if not cfg.teachers else f"{cfg.teacher}{' KD' if cfg.kd else ''}"
+            if procs.main:
+                say(
+                    f"[{i}/{len(configs)}] {arm}, λ={cfg.regulariser_weight:g}, "
+                    f"seed {cfg.seed}, label fraction {cfg.label_fraction:g}"
+                )
+            train(cfg, data_dir, progress=progress)
+    if not procs.main:
         return ""
     dataset = configs[0].dataset
     for line in evaluate_all(data_dir, dataset, device=device):

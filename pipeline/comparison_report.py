@@ -35,9 +35,10 @@ training clips keep their labels. The {LEVEL:.0%} interval of an arm's mean test
 sources of uncertainty: the spread between seeds, and the sampling of the test clips (a \
 bootstrap over test clips, the same resamples for every seed). The difference to the student \
 without a teacher is paired: seed with seed, clip with clip; its p-value tests "no difference" \
-with the same standard error (t distribution, Welch–Satterthwaite degrees of freedom). The \
-method is slightly conservative (tested on synthetic scores with known answers: \
-`pytest tests/test_stats.py`). With one seed the interval covers test-clip sampling only."""
+with the same standard error (t distribution, Welch–Satterthwaite degrees of freedom). On \
+synthetic scores with known answers the intervals covered the truth in 91–97 % of repeated \
+draws with 3–5 seeds (a little under 95 % with 3 seeds whose spread dominates): \
+`pytest tests/test_stats.py`. With one seed the interval covers test-clip sampling only."""
 
 
 def _num(value: float, digits: int = 3) -> str:

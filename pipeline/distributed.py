@@ -6,8 +6,10 @@ A lone process is rank 0 of 1, and every helper here is then a no-op.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +45,37 @@ def processes_from_env(env: Mapping[str, str] | None = None) -> Processes:
         return Processes()
     rank = int(env["RANK"])
     return Processes(rank, world_size, int(env.get("LOCAL_RANK", rank)))
+
+
+def process_device(procs: Processes, device: torch.device) -> torch.device:
+    """The device of this process: ``cuda:LOCAL_RANK`` (made current) for CUDA with several
+    processes, else ``device``."""
+    if procs.parallel and device.type == "cuda":
+        device = torch.device("cuda", procs.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+@contextmanager
+def process_group(procs: Processes, device: torch.device) -> Iterator[None]:
+    """Join the process group for the block (gloo on the CPU, nccl on CUDA) unless this process
+    is alone or already in one; leave it at the end, also on errors.
+
+    Several trainings in a row (a comparison) share one group: joining and leaving for each made
+    gloo's connections fail after a few runs.
+    """
+    joined = procs.parallel and not dist.is_initialized()
+    if joined:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    try:
+        yield
+    finally:
+        if joined:
+            # The DDP wrapper sits in reference cycles; left to interpreter exit, its
+            # reducer outlives the group and the process aborts at exit now and then.
+            gc.collect()
+            dist.destroy_process_group()
 
 
 def per_process_batch(batch_size: int, world_size: int) -> int:

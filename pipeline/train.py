@@ -41,7 +41,6 @@ summary, and prints. On resume every process loads ``last.pt``; epochs are resee
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import math
@@ -55,7 +54,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Sampler
@@ -69,6 +67,8 @@ from pipeline.distributed import (
     from_main,
     mean_over_processes,
     per_process_batch,
+    process_device,
+    process_group,
     processes_from_env,
 )
 from pipeline.features import frontend_config
@@ -380,21 +380,9 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, *, progress: bool = Tru
     if not procs.parallel:
         return _train(cfg, Path(data_dir), device, procs, progress)
     per_process_batch(cfg.batch_size, procs.world_size)  # refuse before joining the group
-    if device.type == "cuda":
-        device = torch.device("cuda", procs.local_rank)
-        torch.cuda.set_device(device)
-    joined = not dist.is_initialized()
-    if joined:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    try:
+    device = process_device(procs, device)
+    with process_group(procs, device):
         return _train(cfg, Path(data_dir), device, procs, progress)
-    finally:
-        if joined:
-            # The DDP wrapper sits in reference cycles; left to interpreter exit, its
-            # reducer outlives the group and the process aborts at exit now and then.
-            gc.collect()
-            dist.destroy_process_group()
 
 
 def _train(

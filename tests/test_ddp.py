@@ -77,9 +77,12 @@ def _write_store(path: Path, ids: list[str], arrays: np.ndarray, fingerprint: di
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """Manifest, mel store (with the real mobile_fcn fingerprint: not rebuilt) and a teacher."""
-    data = tmp_path_factory.mktemp("data")
+    return _make_data(tmp_path_factory.mktemp("data"), SPLITS)
+
+
+def _make_data(data: Path, split_sizes: dict[str, int]) -> Path:
     rng = np.random.default_rng(7)
-    splits = [s for s, n in SPLITS.items() for _ in range(n)]
+    splits = [s for s, n in split_sizes.items() for _ in range(n)]
     ids = [f"clip{i:03d}" for i in range(len(splits))]
     labels = (rng.random((len(ids), len(CLASSES))) < 0.4).astype(int)
     band = N_MELS // len(CLASSES)
@@ -365,3 +368,27 @@ def test_sigkilled_job_resumes_and_ends_as_the_uninterrupted_one(
     uninterrupted = torch.load(reference / "best.pt", weights_only=True)["model"]
     for name, tensor in uninterrupted.items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_a_comparison_runs_on_two_processes_in_one_process_group(tmp_path: Path) -> None:
+    """Several trainings in a row under torchrun (joining a group per run broke gloo), then
+    evaluation and the comparison on rank 0 alone."""
+    data = _make_data(tmp_path / "data", {**SPLITS, "test": 24})
+    settings = _settings(max_epochs=1)
+    settings = [s for s in settings if not s.startswith("lam=")]
+    command = _torchrun(data, *settings)
+    command[command.index("train")] = "compare"
+    command.insert(command.index(DATASET) + 1, "toyteacher")
+    out = subprocess.run(
+        [*command, "--seeds", "2", "--no-kd"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("| no teacher | 2 |") == 1  # printed by rank 0 only
+    assert "| EAsT toyteacher λ=0.9 | 2 |" in out.stdout
+    runs = sorted(p.name for p in (data / "runs" / DATASET).iterdir())
+    assert sum(r.startswith("cp_resnet-") for r in runs) == 4
+    assert (data / "reports" / DATASET / "comparison.json").is_file()
