@@ -347,7 +347,9 @@ def cmd_paper(args: argparse.Namespace) -> int:
     settings = _overrides(args)
     check_settings(settings)
     teachers = args.teachers.split("+") if args.teachers else PAPER_TEACHERS
-    configs = paper_configs(args.dataset, seeds=args.seeds, teachers=teachers, **settings)
+    configs = paper_configs(
+        args.dataset, seeds=args.seeds, teachers=teachers, preset=args.preset, **settings
+    )
     _prepare_mels(args, configs[0])
     first_process = os.environ.get("RANK", "0") == "0"
     if first_process:
@@ -476,6 +478,14 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
     p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options of the stages that train (train, compare, paper)."""
+    p.add_argument("--preset", help="hyper-parameter preset (default: the dataset's)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, help="loader worker processes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _add_run_option(p: argparse.ArgumentParser) -> None:
@@ -621,10 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dataset", type=_safe_name)
     p.add_argument("setting", type=_key_value, nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--preset", help="hyper-parameter preset (default: the dataset's, or default)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int, help="loader worker processes")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_training_options(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser(
@@ -650,10 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lambdas", type=float, nargs="+", metavar="λ", help="λ values of EAsT")
     p.add_argument("--no-kd", action="store_true", help="leave out the EAsT-KD arm")
-    p.add_argument("--preset", help="hyper-parameter preset (default: the dataset's, or default)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int, help="loader worker processes")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_training_options(p)
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser(
@@ -669,9 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per arm (default 3)")
     p.add_argument("--teachers", help="'+'-joined subset of vggish+openl3+passt+panns")
     p.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int, help="loader worker processes")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_training_options(p)
     p.set_defaults(run=cmd_paper)
 
     p = sub.add_parser(

@@ -89,36 +89,59 @@ def paper_configs(
     return sorted(configs.values(), key=lambda c: (c.seed, bool(c.teachers), c.teacher, c.kd))
 
 
-def step_seconds(cfg: TrainConfig, *, n_classes: int, n_mels: int, frames: int) -> float:
-    """Seconds per optimiser step of ``cfg``'s student on its device (random inputs of the
-    real shape, the EAsT objective against a PaSST-sized teacher, after one warm-up step)."""
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(0)
-    model = create_student(
-        cfg.student, n_classes=n_classes, n_mels=n_mels, **cfg.student_options
-    ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    mel = torch.randn(cfg.batch_size, n_mels, frames, device=device)
-    teacher = torch.randn(cfg.batch_size, TEACHER_FRAMES, TEACHER_DIM, device=device)
-    labels = (torch.rand(cfg.batch_size, n_classes, device=device) > 0.8).float()
+def training_step_seconds(
+    model: torch.nn.Module,
+    *,
+    n_classes: int,
+    n_mels: int,
+    frames: int,
+    batch_size: int,
+    device: torch.device,
+    teacher_frames: int = TEACHER_FRAMES,
+    time_factors: tuple[int, int] | None = None,
+    bf16: bool = False,
+    steps: int = TIMED_STEPS,
+    warmup: int = 1,
+) -> float:
+    """Seconds per training step of ``model`` on random inputs of the given shape.
+
+    A step as stage two takes it: forward (under bf16 autocast if asked), the EAsT objective
+    against a PaSST-sized teacher sequence of ``teacher_frames`` frames, backward, gradient
+    clipping, Adam. Timed over ``steps`` steps after ``warmup`` (CUDA synchronised).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    mel = torch.randn(batch_size, n_mels, frames, device=device)
+    teacher = torch.randn(batch_size, teacher_frames, TEACHER_DIM, device=device)
+    labels = (torch.rand(batch_size, n_classes, device=device) > 0.8).float()
     mask = torch.ones_like(labels, dtype=torch.bool)
 
     def step() -> None:
-        logits, features = model(mel)
-        loss, _ = east_loss(logits, labels, mask, features, [teacher], lam=0.5)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, features = model(mel)
+        loss, _ = east_loss(
+            logits.float(),
+            labels,
+            mask,
+            features.float(),
+            [teacher],
+            lam=0.9,
+            time_factors=[time_factors],
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(TIMED_STEPS):
+    for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / TIMED_STEPS
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / steps
 
 
 def estimate_hours(
@@ -135,15 +158,25 @@ def estimate_hours(
     cfg = todo[0]
     manifest = Manifest.read(manifest_path(data_dir, cfg.dataset))
     mels = read_store(locate_store(data_dir, cfg.dataset, mel_store_name(cfg.frontend)))
-    seconds = step_seconds(
-        cfg, n_classes=len(manifest.classes), n_mels=mels.dim, frames=mels.max_frames
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    n_classes = len(manifest.classes)
+    model = create_student(
+        cfg.student, n_classes=n_classes, n_mels=mels.dim, **cfg.student_options
+    ).to(device)
+    seconds = training_step_seconds(
+        model,
+        n_classes=n_classes,
+        n_mels=mels.dim,
+        frames=mels.max_frames,
+        batch_size=cfg.batch_size,
+        device=device,
     )
     per_epoch = max(1, len(manifest.split("train")) // cfg.batch_size)
     limits = [n for n in (cfg.max_steps, cfg.max_epochs and cfg.max_epochs * per_epoch) if n]
     steps = min(limits)
     hours = len(todo) * steps * seconds / 3600
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else "the CPU"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
     line = (
         f"{len(todo)} runs to train × at most {steps:,} steps × {seconds * 1000:.0f} ms a step "
         f"({cfg.student}, batch {cfg.batch_size}, measured on {where}) = at most "

@@ -9,13 +9,12 @@ helps). The details carry ms per step and what the paper's step count takes at t
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
 from pipeline.bench import BenchContext, Figure, device_name, measure_cases
-from pipeline.losses import east_loss
+from pipeline.paper import training_step_seconds
 from pipeline.students import count_parameters, create_student
 
 BATCH = 16
@@ -39,47 +38,26 @@ CASES = (
     Case("T1-cp_resnet", "cp_resnet", 20, 128, 1000, 10, (1, 6), 80_000),  # OpenMIC, PaSST
     Case("T1-mobile_fcn", "mobile_fcn", 50, 96, 1455, 30, (2, 1), 100_000),  # MTAT, PaSST
 )
-TEACHER_DIM = 768
 
 
 def step_seconds(case: Case, *, device: str, bf16: bool, steps: int, warmup: int) -> float:
-    """Seconds per training step of ``case`` (median-free: total over ``steps`` ÷ steps)."""
+    """Seconds per training step of ``case`` (total over ``steps`` ÷ steps)."""
     dev = torch.device(device)
     torch.manual_seed(0)
     model = create_student(case.student, n_classes=case.n_classes, n_mels=case.n_mels).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    mel = torch.randn(BATCH, case.n_mels, case.frames, device=dev)
-    teacher = torch.randn(BATCH, case.teacher_frames, TEACHER_DIM, device=dev)
-    labels = (torch.rand(BATCH, case.n_classes, device=dev) > 0.8).float()
-    mask = torch.ones(BATCH, case.n_classes, dtype=torch.bool, device=dev)
-
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            logits, features = model(mel)
-        loss, _ = east_loss(
-            logits.float(),
-            labels,
-            mask,
-            features.float(),
-            [teacher],
-            lam=0.9,
-            time_factors=[case.time_factors],
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return (time.perf_counter() - start) / steps
+    return training_step_seconds(
+        model,
+        n_classes=case.n_classes,
+        n_mels=case.n_mels,
+        frames=case.frames,
+        batch_size=BATCH,
+        device=dev,
+        teacher_frames=case.teacher_frames,
+        time_factors=case.time_factors,
+        bf16=bf16,
+        steps=steps,
+        warmup=warmup,
+    )
 
 
 def measure(ctx: BenchContext, case: Case) -> Figure:
