@@ -254,7 +254,12 @@ def write_comparison(contexts: list[Context], out_dir: Path) -> str:
     plot_seeds(contexts, out_dir / "seeds.png")
     parts = ["## Did the teacher help? Arms over seeds, with 95 % confidence intervals"]
     if plot_learning_curve(contexts, out_dir / "learning_curve.png"):
-        parts.append("![Test mAP against the fraction of labelled clips](learning_curve.png)")
+        parts.append(
+            "![Test mAP against the fraction of labelled clips](learning_curve.png)\n\n"
+            "Each band is one arm's interval on its own. Whether two arms differ is the paired "
+            "Δ in the tables: pairing seed with seed and clip with clip takes out what the test "
+            "set does to both, so overlapping bands can still mean a clear difference."
+        )
     parts.append(comparison_markdown(contexts))
     parts.append("![Test mAP per seed, mean and 95 % CI per arm](seeds.png)")
     text = "\n\n".join(parts)
