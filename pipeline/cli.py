@@ -430,6 +430,8 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.arms import compare_runs
+    from pipeline.comparison_report import comparison_text
     from pipeline.paths import runs_path
     from pipeline.report import collect_runs, comparison_table, write_report
 
@@ -438,6 +440,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no runs for dataset {args.dataset!r} in {runs}: train first")
     out = write_report(runs, args.data_dir / "reports" / args.dataset)
     print(comparison_table(collect_runs(runs), base=Path.cwd()))
+    comparison = comparison_text(compare_runs(runs))
+    if comparison:
+        print("\n" + comparison)
     print(f"\nreport: {out}")
     return 0
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.arms import compare_runs, context_title
-from pipeline.comparison_report import METHOD, context_table
+from pipeline.arms import compare_runs
+from pipeline.comparison_report import comparison_text
 from pipeline.config import ConfigError, TrainConfig, train_config
 from pipeline.distributed import process_device, process_group, processes_from_env
 from pipeline.evaluate import evaluate_all
@@ -129,9 +129,4 @@ def run_comparison(
         say(line)
     report = write_report(runs_path(data_dir, dataset), data_dir / "reports" / dataset)
     say(f"report: {report}")
-    contexts = compare_runs(runs_path(data_dir, dataset))
-    parts = []
-    for context in contexts:
-        parts.append(f"{context_title(context, contexts)} ({context.clips} test clips):")
-        parts.append(context_table(context) + (f"\nNote: {context.note}." if context.note else ""))
-    return "\n\n".join([*parts, METHOD])
+    return comparison_text(compare_runs(runs_path(data_dir, dataset)))

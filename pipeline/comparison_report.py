@@ -136,6 +136,15 @@ def comparison_markdown(contexts: list[Context]) -> str:
     return "\n\n".join(parts)
 
 
+def comparison_text(contexts: list[Context]) -> str:
+    """The tables and notes of every context with the method note: what commands print."""
+    parts = []
+    for context in contexts:
+        parts.append(f"{context_title(context, contexts)} ({context.clips} test clips):")
+        parts.append(context_table(context) + (f"\nNote: {context.note}." if context.note else ""))
+    return "\n\n".join([*parts, METHOD]) if parts else ""
+
+
 def _estimate_json(e: Estimate) -> dict[str, Any]:
     return {k: (v if math.isfinite(v) else None) for k, v in vars(e).items()}
 

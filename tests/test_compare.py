@@ -636,3 +636,18 @@ def test_compare_command_refuses_them_with_status_2(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "unrecognized arguments: stray" in result.stderr
+
+
+def test_report_command_prints_the_comparison(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_comparison(data / "runs" / "demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--data-dir", str(data), "report", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "label fraction 0.25 (60 test clips):" in result.stdout
+    assert HEADER in result.stdout and "better than no teacher" in result.stdout
+    assert (data / "reports" / "demo" / "comparison.json").is_file()
