@@ -149,7 +149,7 @@ def estimate_hours(
 ) -> tuple[float, str]:
     """Upper bound of the training time of the runs not yet finished, in hours, and a line
     saying how it was reached (early stopping usually ends runs sooner)."""
-    from pipeline.train import run_dir_for
+    from pipeline.train import resolve_device, run_dir_for
 
     data_dir = Path(data_dir)
     todo = [c for c in configs if not (run_dir_for(c, data_dir) / "train.json").is_file()]
@@ -158,7 +158,7 @@ def estimate_hours(
     cfg = todo[0]
     manifest = Manifest.read(manifest_path(data_dir, cfg.dataset))
     mels = read_store(locate_store(data_dir, cfg.dataset, mel_store_name(cfg.frontend)))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     torch.manual_seed(0)
     n_classes = len(manifest.classes)
     model = create_student(

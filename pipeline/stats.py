@@ -146,7 +146,7 @@ def interval(per_seed: np.ndarray, boot: np.ndarray, *, level: float = LEVEL) ->
     per_seed = np.asarray(per_seed, dtype=np.float64)
     n_seeds = per_seed.size
     mean = float(per_seed.mean())
-    seed_mean = nanmean_over_seeds(boot)
+    seed_mean = nanmean_classes(np.asarray(boot, dtype=np.float64))
     seed_mean = seed_mean[np.isfinite(seed_mean)]
     clip_var = float(seed_mean.var(ddof=1)) if seed_mean.size > 1 else 0.0
     sd = float(per_seed.std(ddof=1)) if n_seeds > 1 else float("nan")
@@ -159,11 +159,6 @@ def interval(per_seed: np.ndarray, boot: np.ndarray, *, level: float = LEVEL) ->
     quantile = float(scipy_stats.t.ppf(0.5 + level / 2, df))
     p = float(2 * scipy_stats.t.sf(abs(mean) / se, df))
     return Estimate(mean, sd, mean - quantile * se, mean + quantile * se, se, df, n_seeds, p)
-
-
-def nanmean_over_seeds(boot: np.ndarray) -> np.ndarray:
-    """(B, S) → (B,): the seed mean of each resample, NaN seeds left out."""
-    return nanmean_classes(np.asarray(boot, dtype=np.float64))
 
 
 @dataclass(frozen=True)
