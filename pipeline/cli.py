@@ -48,7 +48,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from pipeline.datasets import build_manifest, list_datasets
+    from pipeline.data.datasets import build_manifest, list_datasets
 
     source = args.dataset if args.dataset in list_datasets() else "csv"
     if source == "csv" and args.csv is None:
@@ -85,7 +85,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _existing_store(path: Path) -> Any:
     """The store at ``path`` (Zarr folder or HDF5 file), complete or not; None if there is none."""
-    from pipeline.store import StoreError, read_store
+    from pipeline.stores.zarr_store import StoreError, read_store
 
     try:
         return read_store(path, require_complete=False)
@@ -96,8 +96,8 @@ def _existing_store(path: Path) -> Any:
 def _staleness(store: Path, fingerprint: dict[str, Any], clip_ids: list[str]) -> str:
     """Why an existing store cannot be resumed for these settings and clips ("" if it can, or
     if there is no store): the fingerprint keys that differ, or the clips that differ."""
-    from pipeline.manifest import clip_difference
-    from pipeline.store import fingerprint_diff
+    from pipeline.data.manifest import clip_difference
+    from pipeline.stores.zarr_store import fingerprint_diff
 
     existing = _existing_store(store)
     if existing is None:
@@ -111,7 +111,7 @@ def _staleness(store: Path, fingerprint: dict[str, Any], clip_ids: list[str]) ->
 
 def _is_stale(store: Path, fingerprint: dict[str, Any]) -> bool:
     """Whether a store exists and was made with another fingerprint."""
-    from pipeline.store import fingerprint_diff
+    from pipeline.stores.zarr_store import fingerprint_diff
 
     existing = _existing_store(store)
     return existing is not None and bool(fingerprint_diff(existing.fingerprint, fingerprint))
@@ -147,8 +147,8 @@ def _fill_store(encoder: Any, out: Path, args: argparse.Namespace, manifest: Any
     failures table of the shards done so far is written; an OSError while writing the store
     (a full disk) becomes a StoreError naming the store.
     """
-    from pipeline.extract import ExtractionError, extract
-    from pipeline.store import StoreError
+    from pipeline.extract.local import ExtractionError, extract
+    from pipeline.stores.zarr_store import StoreError
 
     try:
         if getattr(args, "engine", "local") == "ray":
@@ -201,7 +201,7 @@ def _shard_of(err: OSError, store: Path) -> str:
 
 
 def _extract_on_ray(teacher: Any, out: Path, args: argparse.Namespace, manifest: Any):
-    from pipeline.extract_ray import extract_ray
+    from pipeline.extract.ray_engine import extract_ray
 
     options = {k: v for k, v in _store_options(args).items() if k != "jobs"}
     return extract_ray(
@@ -249,9 +249,9 @@ def _store_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any):
-    """Compute (or finish) the mel store of a dataset; see ``pipeline.extract.extract``."""
-    from pipeline.extract import extract
-    from pipeline.features import create_frontend
+    """Compute (or finish) the mel store of a dataset; see ``pipeline.extract.local.extract``."""
+    from pipeline.extract.local import extract
+    from pipeline.extract.frontends import create_frontend
     from pipeline.paths import mel_store_name
 
     manifest = read_manifest(data_dir, dataset)
@@ -261,7 +261,7 @@ def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any)
 
 
 def cmd_mels(args: argparse.Namespace) -> int:
-    from pipeline.features import create_frontend
+    from pipeline.extract.frontends import create_frontend
     from pipeline.paths import mel_store_name
 
     manifest = read_manifest(args.data_dir, args.dataset)
@@ -272,7 +272,7 @@ def cmd_mels(args: argparse.Namespace) -> int:
 
 def _prepare_mels(args: argparse.Namespace, cfg: Any) -> None:
     """Build (or rebuild, when stale) the mel store ``cfg`` reads, on the first process only."""
-    from pipeline.features import create_frontend
+    from pipeline.extract.frontends import create_frontend
     from pipeline.paths import locate_store, mel_store_name
 
     manifest = read_manifest(args.data_dir, cfg.dataset)
@@ -309,8 +309,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.config import train_config
-    from pipeline.train import train
+    from pipeline.train.config import train_config
+    from pipeline.train.loop import train
 
     cfg = train_config(args.dataset, preset=args.preset, **_overrides(args))
     _prepare_mels(args, cfg)
@@ -319,7 +319,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import check_settings, comparison_configs, run_comparison
+    from pipeline.evaluate.compare import check_settings, comparison_configs, run_comparison
 
     settings = _overrides(args)
     check_settings(settings)
@@ -341,8 +341,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from pipeline.compare import check_settings, run_comparison
-    from pipeline.paper import PAPER_TEACHERS, estimate_hours, paper_configs, write_paper_table
+    from pipeline.evaluate.compare import check_settings, run_comparison
+    from pipeline.evaluate.paper import PAPER_TEACHERS, estimate_hours, paper_configs, write_paper_table
 
     settings = _overrides(args)
     check_settings(settings)
@@ -365,7 +365,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_all
+    from pipeline.evaluate.evaluation import evaluate_all
 
     lines = evaluate_all(args.data_dir, args.dataset, device=args.device, probes=not args.no_probes)
     print("\n".join(lines) if lines else "no trained run to evaluate")
@@ -385,7 +385,7 @@ def _positive_int(text: str) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import warnings
 
-    from pipeline.predict import FrontEndChangedWarning, RunError, load_run
+    from pipeline.inference.predict import FrontEndChangedWarning, RunError, load_run
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FrontEndChangedWarning)
@@ -413,7 +413,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_onnx(args: argparse.Namespace) -> int:
-    from pipeline.onnx_export import export_onnx
+    from pipeline.inference.onnx_export import export_onnx
 
     result = export_onnx(args.run_dir, args.out, check=args.check)
     size_mb = result.path.stat().st_size / 1e6
@@ -430,10 +430,10 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.arms import compare_runs
-    from pipeline.comparison_report import comparison_text
+    from pipeline.evaluate.arms import compare_runs
+    from pipeline.evaluate.comparison_report import comparison_text
     from pipeline.paths import runs_path
-    from pipeline.report import collect_runs, comparison_table, write_report
+    from pipeline.evaluate.report import collect_runs, comparison_table, write_report
 
     runs = runs_path(args.data_dir, args.dataset)
     if not runs.is_dir():
@@ -463,9 +463,9 @@ def _disk_mb(path: Path) -> float:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.h5store import export_h5
+    from pipeline.stores.h5_store import export_h5
     from pipeline.paths import h5_store_path
-    from pipeline.store import read_store
+    from pipeline.stores.zarr_store import read_store
 
     source = store_path(args.data_dir, args.dataset, args.store)
     out = args.out or h5_store_path(args.data_dir, args.dataset, args.store)
@@ -505,7 +505,7 @@ def _add_run_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.datasets import list_datasets
+    from pipeline.data.datasets import list_datasets
     from pipeline.teachers import list_teachers
 
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_extract)
 
-    from pipeline.features import list_frontends
+    from pipeline.extract.frontends import list_frontends
 
     p = sub.add_parser(
         "mels",
@@ -749,11 +749,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from pipeline.audio import AudioError
-    from pipeline.config import ConfigError
-    from pipeline.extract import ExtractionError
-    from pipeline.manifest import ManifestError
-    from pipeline.store import StoreError
+    from pipeline.data.audio import AudioError
+    from pipeline.train.config import ConfigError
+    from pipeline.extract.local import ExtractionError
+    from pipeline.data.manifest import ManifestError
+    from pipeline.stores.zarr_store import StoreError
     from pipeline.teachers import InvalidWeightsError
 
     try:

@@ -16,7 +16,7 @@ def rejected_path(data_dir: Path, dataset: str) -> Path:
 
 def read_manifest(data_dir: Path, dataset: str):
     """The dataset's manifest, or a FileNotFoundError saying how to build it."""
-    from pipeline.manifest import Manifest
+    from pipeline.data.manifest import Manifest
 
     path = manifest_path(data_dir, dataset)
     if not path.is_file():

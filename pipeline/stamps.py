@@ -21,37 +21,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 
-COMMON = ["__init__.py", "paths.py", "cli.py", "store.py", "manifest.py", "audio.py"]
+COMMON = ["__init__.py", "paths.py", "fileio.py", "cli.py", "stores/*.py", "data/*.py"]
 STAGES: dict[str, tuple[list[str], list[str]]] = {
     # stage: (Make variables that are its parameters, source files it runs)
-    "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS"], ["datasets/*.py"]),
+    "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS"], ["data/datasets/*.py"]),
     "extract": (
         ["DATASET", "WEIGHTS", "TEACHER_OPTS"],
-        [
-            "extract.py",
-            "features.py",
-            "melbanks.py",
-            "teachers/__init__.py",
-            "teachers/tf_checkpoint.py",
-            "teachers/{name}.py",
-        ],
+        ["extract/*.py", "teachers/__init__.py", "teachers/tf_checkpoint.py", "teachers/weights.py",
+         "teachers/{name}.py"],
     ),
     "train": (
         ["DATASET", "TEACHER", "STUDENT", "FRONTEND", "LOSS", "LAMBDA", "KD", "SETTINGS"],
-        [
-            "config.py",
-            "train.py",
-            "distributed.py",
-            "loader.py",
-            "losses.py",
-            "probe.py",
-            "metrics.py",
-            "features.py",
-            "melbanks.py",
-            "schedule.py",
-            "extract.py",
-            "students/*.py",
-        ],
+        ["train/*.py", "extract/*.py", "students/*.py"],
     ),
 }
 

@@ -68,7 +68,7 @@ def write_openmic_release(
     shuffled = list(keys)
     random.Random(seed).shuffle(shuffled)
     train, test = sorted(shuffled[:n_train]), sorted(shuffled[n_train:])
-    draws = random.Random(2022)  # pipeline.datasets.openmic.validation_keys, spelled out
+    draws = random.Random(2022)  # pipeline.data.datasets.openmic.validation_keys, spelled out
     valid = [k for k in train if draws.uniform(0.0, 1.0) < 0.15]
     splits = {"train": [k for k in train if k not in valid], "valid": valid, "test": test}
     for members in splits.values():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets.demo import render_instruments
+from pipeline.data.datasets.demo import render_instruments
 from pipeline.teachers import InvalidWeightsError, MissingWeightsError, create_teacher
 from pipeline.teachers.aisfx import (
     ENV_VAR,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import (
+from pipeline.data.audio import (
     EmptyAudio,
     NonFiniteAudio,
     TooShortAudio,

@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pytest
 
-import pipeline.extract
-from pipeline.audio import load_audio
+import pipeline.extract.local
+from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, extraction, on_the_fly, scaling, steps
 from pipeline.bench.corpus import make_corpus
 
@@ -140,7 +140,7 @@ def test_extract_decodes_a_bounded_number_of_batches_ahead(tmp_path):
             taken.append(i)
             yield [clips[i % 2]], 16_000, 0.0, None
 
-    results = pipeline.extract._decoded(tasks(), jobs=2, ahead=4)
+    results = pipeline.extract.local._decoded(tasks(), jobs=2, ahead=4)
     for consumed in range(1, 13):
         [wave] = next(results)
         assert wave.shape == (16_000,)

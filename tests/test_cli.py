@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.cli import main
-from pipeline.manifest import Manifest
+from pipeline.data.manifest import Manifest
 
 
 def test_every_stage_has_help(capsys):

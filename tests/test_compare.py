@@ -1,5 +1,5 @@
-"""Comparisons over seeds: arms from run folders (``pipeline.arms``), their report
-(``pipeline.comparison_report``), the configs of ``make compare`` (``pipeline.compare``) and,
+"""Comparisons over seeds: arms from run folders (``pipeline.evaluate.arms``), their report
+(``pipeline.evaluate.comparison_report``), the configs of ``make compare`` (``pipeline.evaluate.compare``) and,
 slow, the ``compare`` command end to end on a tiny rendered demo dataset."""
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline.arms import collect_arms, compare_runs, context_title
-from pipeline.compare import check_settings, comparison_configs
-from pipeline.comparison_report import HEADER, comparison_json, verdict, write_comparison
-from pipeline.config import RECIPE, ConfigError, train_config
-from pipeline.evaluate import (
+from pipeline.evaluate.arms import collect_arms, compare_runs, context_title
+from pipeline.evaluate.compare import check_settings, comparison_configs
+from pipeline.evaluate.comparison_report import HEADER, comparison_json, verdict, write_comparison
+from pipeline.train.config import RECIPE, ConfigError, train_config
+from pipeline.evaluate.evaluation import (
     PREDICTIONS,
     load_predictions,
     probe_folder,
     save_predictions,
     score_report,
 )
-from pipeline.metrics import mean_average_precision
-from pipeline.report import write_report
+from pipeline.evaluate.metrics import mean_average_precision
+from pipeline.evaluate.report import write_report
 
 CLASSES = ["bass", "drums", "piano", "voice"]
 CLIPS = 60
@@ -545,7 +545,7 @@ def demo_data(tmp_path_factory) -> Path:
     _cli(data, "data", "demo", "--clips", str(E2E_CLIPS))
     _cli(data, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
     _cli(data, "extract", "demo", "musicnn", "--quiet")
-    from pipeline.manifest import Manifest
+    from pipeline.data.manifest import Manifest
     from pipeline.paths import manifest_path
 
     manifest = Manifest.read(manifest_path(data, "demo"))

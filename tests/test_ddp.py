@@ -30,15 +30,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import ConfigError, train_config
-from pipeline.distributed import Processes, per_process_batch, processes_from_env
-from pipeline.features import create_frontend
-from pipeline.loader import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
-from pipeline.manifest import make_manifest
+from pipeline.train.config import ConfigError, train_config
+from pipeline.train.distributed import Processes, per_process_batch, processes_from_env
+from pipeline.extract.frontends import create_frontend
+from pipeline.train.loader import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
+from pipeline.data.manifest import make_manifest
 from pipeline.paths import manifest_path, store_path
-from pipeline.store import open_store
+from pipeline.stores.zarr_store import open_store
 from pipeline.students import create_student
-from pipeline.train import train
+from pipeline.train.loop import train
 
 DATASET = "toy"
 CLASSES = ["bass", "drums", "piano", "voice"]

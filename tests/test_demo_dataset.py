@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline.datasets import build_manifest
-from pipeline.datasets.demo import (
+from pipeline.data.datasets import build_manifest
+from pipeline.data.datasets.demo import (
     DEMO_CLASSES,
     KNOWN_NEGATIVE_P,
     SR_HZ,
@@ -20,7 +20,7 @@ from pipeline.datasets.demo import (
     random_song,
     render_instruments,
 )
-from pipeline.manifest import SPLITS, Manifest
+from pipeline.data.manifest import SPLITS, Manifest
 
 N_CLIPS = 12
 CYMBAL_KEYS = {49, 51, 52, 53, 55, 57, 59}

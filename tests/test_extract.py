@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.extract import ExtractionError, extract
-from pipeline.manifest import make_manifest
-from pipeline.store import read_store
+from pipeline.extract.local import ExtractionError, extract
+from pipeline.data.manifest import make_manifest
+from pipeline.stores.zarr_store import read_store
 from pipeline.teachers import Teacher
 
 

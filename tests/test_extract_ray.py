@@ -14,14 +14,14 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.extract import extract
-from pipeline.manifest import Manifest, make_manifest
-from pipeline.store import read_store
+from pipeline.extract.local import extract
+from pipeline.data.manifest import Manifest, make_manifest
+from pipeline.stores.zarr_store import read_store
 from pipeline.teachers import create_teacher
 
 ray = pytest.importorskip("ray")
 
-from pipeline.extract_ray import extract_ray  # noqa: E402
+from pipeline.extract.ray_engine import extract_ray  # noqa: E402
 
 SHARD, BATCH = 3, 2
 

@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.audio import load_audio
-from pipeline.extract import extract
-from pipeline.features import (
+from pipeline.data.audio import load_audio
+from pipeline.extract.local import extract
+from pipeline.extract.frontends import (
     FRONTENDS,
     RECIPE,
     MelConfig,
@@ -31,9 +31,9 @@ from pipeline.features import (
     mel_filterbank,
     num_frames,
 )
-from pipeline.manifest import make_manifest
-from pipeline.melbanks import jitter_mel_bands, kaldi_mel_filterbank, warp_mel_bands
-from pipeline.store import read_store
+from pipeline.data.manifest import make_manifest
+from pipeline.extract.melbanks import jitter_mel_bands, kaldi_mel_filterbank, warp_mel_bands
+from pipeline.stores.zarr_store import read_store
 
 
 def load_torchaudio_kaldi() -> ModuleType:
@@ -343,7 +343,7 @@ def test_extract_caches_spectrograms_in_a_clip_store(tmp_path):
 
 def test_importing_features_imports_no_teacher_and_no_zarr():
     code = (
-        "import sys, pipeline.features; "
+        "import sys, pipeline.extract.frontends; "
         "bad = [m for m in sys.modules if m.startswith('pipeline.teachers') or m == 'zarr']; "
         "assert not bad, bad"
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, train_config
-from pipeline.fractions import SUBSET_STREAM, labelled_subset
+from pipeline.train.config import ConfigError, train_config
+from pipeline.data.fractions import SUBSET_STREAM, labelled_subset
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 SEEDS = (0, 1, 1223, 2024)
@@ -137,7 +137,7 @@ def _cli(data_dir: Path, *args: str) -> None:
 
 @pytest.mark.slow
 def test_training_with_half_the_labels_records_the_labelled_clips(tmp_path: Path) -> None:
-    from pipeline.train import train
+    from pipeline.train.loop import train
 
     _cli(tmp_path, "data", "demo", "--clips", "32")
     _cli(tmp_path, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")

@@ -16,12 +16,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import cli
-from pipeline.h5store import H5ClipStore, export_h5
-from pipeline.loader import ClipDataset, ShardAwareSampler, collate
-from pipeline.manifest import make_manifest
+from pipeline.stores.h5_store import H5ClipStore, export_h5
+from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate
+from pipeline.data.manifest import make_manifest
 from pipeline.paths import h5_store_path, locate_store, manifest_path, read_manifest, store_path
-from pipeline.store import ClipStore, StoreError, open_store, read_store
-from pipeline.train import store_paths
+from pipeline.stores.zarr_store import ClipStore, StoreError, open_store, read_store
+from pipeline.train.loop import store_paths
 
 DATASET = "toy"
 CLASSES = ["guitar", "piano", "voice"]
@@ -314,7 +314,7 @@ def test_locate_store_prefers_zarr_then_h5(tmp_path):
 
 
 def test_training_finds_h5_stores_when_there_is_no_zarr(data_dir, exported, tmp_path):
-    from pipeline.config import train_config
+    from pipeline.train.config import train_config
 
     cfg = train_config(DATASET, frontend="mobile_fcn", teacher=TEACHER)
     assert store_paths(cfg, data_dir)[0].suffix == ".zarr"
@@ -342,9 +342,9 @@ def test_cli_export_prints_path_and_sizes(data_dir, capsys):
 
 
 def test_train_and_evaluate_on_h5_only_stores(data_dir, exported, tmp_path):
-    from pipeline.config import train_config
-    from pipeline.evaluate import evaluate_all
-    from pipeline.train import train
+    from pipeline.train.config import train_config
+    from pipeline.evaluate.evaluation import evaluate_all
+    from pipeline.train.loop import train
 
     h5_dir = _h5_only_dir(data_dir, exported, tmp_path)
     cfg = train_config(

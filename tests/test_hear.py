@@ -381,8 +381,8 @@ def test_extract_cli_with_a_hear_module(weights, tiny, reference, clips, tmp_pat
     import soundfile as sf
 
     from pipeline.cli import main
-    from pipeline.manifest import make_manifest
-    from pipeline.store import read_store
+    from pipeline.data.manifest import make_manifest
+    from pipeline.stores.zarr_store import read_store
 
     paths = []
     for i, clip in enumerate(clips[:3]):

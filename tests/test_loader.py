@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.loader import (
+from pipeline.train.loader import (
     ClipDataset,
     MixupBatchSampler,
     ShardAwareSampler,
@@ -24,8 +24,8 @@ from pipeline.loader import (
     mixup,
     spec_augment,
 )
-from pipeline.manifest import make_manifest
-from pipeline.store import StoreError, open_store
+from pipeline.data.manifest import make_manifest
+from pipeline.stores.zarr_store import StoreError, open_store
 
 CLASSES = ["guitar", "piano", "voice"]
 IDS = [f"song/{i:03d}" for i in range(10)]
@@ -576,8 +576,8 @@ def test_loader_imports_no_teacher_code():
     code = textwrap.dedent(
         """
         import sys
-        import pipeline.loader
-        banned = ("pipeline.teachers", "pipeline.extract", "pipeline.features", "musicnn",
+        import pipeline.train.loader
+        banned = ("pipeline.teachers", "pipeline.extract.local", "pipeline.extract.frontends", "musicnn",
                   "panns_inference", "_pipeline_panns_inference", "torchvggish")
         found = sorted(m for m in sys.modules if m.startswith(banned))
         assert not found, found

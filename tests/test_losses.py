@@ -5,7 +5,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import expit, log_expit
 from scipy.stats import ortho_group
 
-from pipeline.losses import (
+from pipeline.train.losses import (
     align,
     cosine_distance_difference_loss,
     distance_correlation,

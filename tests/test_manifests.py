@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline.datasets import build_manifest
-from pipeline.datasets.csv_table import csv_table
-from pipeline.datasets.magnatagatune import magnatagatune
-from pipeline.datasets.openmic import openmic, validation_keys
-from pipeline.manifest import Manifest, ManifestError
+from pipeline.data.datasets import build_manifest
+from pipeline.data.datasets.csv_table import csv_table
+from pipeline.data.datasets.magnatagatune import magnatagatune
+from pipeline.data.datasets.openmic import openmic, validation_keys
+from pipeline.data.manifest import Manifest, ManifestError
 
 SILENCE = np.zeros(1600, dtype=np.float32)  # 0.1 s at 16 kHz
 

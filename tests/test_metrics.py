@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from pipeline.metrics import average_precision, label_frequency_map, mean_average_precision
+from pipeline.evaluate.metrics import average_precision, label_frequency_map, mean_average_precision
 
 
 def _data(seed: int = 0, n: int = 60, c: int = 5):

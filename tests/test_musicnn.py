@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets.demo import render_instruments
+from pipeline.data.datasets.demo import render_instruments
 from pipeline.teachers import MissingWeightsError, create_teacher
 from pipeline.teachers.musicnn import (
     DATA_SUFFIX,

@@ -7,8 +7,8 @@ import pytest
 from test_predict import CLASSES, MEL_FRAMES, SR, _signal, _write_run
 
 from pipeline.cli import main
-from pipeline.onnx_export import export_onnx, read_metadata
-from pipeline.predict import load_run
+from pipeline.inference.onnx_export import export_onnx, read_metadata
+from pipeline.inference.predict import load_run
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

@@ -1,4 +1,4 @@
-"""``make paper`` (:mod:`pipeline.paper`): the configs of the paper's table, the table itself, and
+"""``make paper`` (:mod:`pipeline.evaluate.paper`): the configs of the paper's table, the table itself, and
 the whole command on a miniature OpenMIC release with random-weight teachers."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from stand_ins import WRITE_WEIGHTS, write_openmic_release
 
-from pipeline.arms import Arm, Context, Row
-from pipeline.config import ConfigError
-from pipeline.paper import PAPER_TEACHERS, PUBLISHED, paper_configs, paper_table
-from pipeline.stats import ArmResult, Estimate
+from pipeline.evaluate.arms import Arm, Context, Row
+from pipeline.train.config import ConfigError
+from pipeline.evaluate.paper import PAPER_TEACHERS, PUBLISHED, paper_configs, paper_table
+from pipeline.evaluate.stats import ArmResult, Estimate
 
 # -- A: the runs of the table ------------------------------------------------------------------
 

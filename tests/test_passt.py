@@ -23,7 +23,7 @@ import torch
 from test_features import load_torchaudio_kaldi
 from torch import nn
 
-from pipeline.features import log_mel_code_digest
+from pipeline.extract.frontends import log_mel_code_digest
 from pipeline.teachers import MissingWeightsError, create_teacher, file_sha256
 from pipeline.teachers.passt import (
     ARCH,

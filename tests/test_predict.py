@@ -8,19 +8,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.audio import load_audio
+from pipeline.data.audio import load_audio
 from pipeline.cli import main
-from pipeline.features import MelFrontEnd
-from pipeline.predict import (
+from pipeline.extract.frontends import MelFrontEnd
+from pipeline.inference.predict import (
     FrontEndChangedWarning,
     Predictor,
     RunError,
     load_run,
     window_starts,
 )
-from pipeline.store import open_store
+from pipeline.stores.zarr_store import open_store
 from pipeline.students import create_student
-from pipeline.train import _inference_checkpoint
+from pipeline.train.loop import _inference_checkpoint
 
 CLASSES = ["piano", "drums", "voice"]
 MEL_FRAMES = 101  # mobile_fcn: hop 320 at 16 kHz, frames = 1 + (samples - 1) // 320

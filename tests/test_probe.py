@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.probe import fit_probe
+from pipeline.train.probe import fit_probe
 
 RULE = np.random.default_rng(123).normal(size=(16, 3))
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.losses import masked_bce
-from pipeline.probe import LinearProbe, batchwise_bce, fit_probe
+from pipeline.train.losses import masked_bce
+from pipeline.train.probe import LinearProbe, batchwise_bce, fit_probe
 
 
 def _data(seed: int, n: int = 100, d: int = 8):

@@ -44,8 +44,8 @@ import soundfile as sf
 import torch
 import zarr
 
-from pipeline.manifest import Manifest
-from pipeline.store import read_store
+from pipeline.data.manifest import Manifest
+from pipeline.stores.zarr_store import read_store
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "1223"))
 # Extraction engines R1 kills, with the extra `extract` arguments that select each.
@@ -456,7 +456,7 @@ FAULTS = textwrap.dedent(
 
     _local._put = faulty_put
 
-    import pipeline.store as store
+    import pipeline.stores.zarr_store as store
 
     write_atomic = store._write_atomic
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pipeline.schedule import best_epoch, early_stop_wait, plateau_lr, review
+from pipeline.train.schedule import best_epoch, early_stop_wait, plateau_lr, review
 
 OPENMIC = {"lr": 1e-4, "factor": 0.2, "plateau_patience": 8, "early_stop_patience": 15}
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.manifest import Manifest
-from pipeline.store import read_store
+from pipeline.data.manifest import Manifest
+from pipeline.stores.zarr_store import read_store
 
 CLIPS = 12
 

@@ -1,4 +1,4 @@
-"""Uncertainty of test metrics (``pipeline.stats``) against independent references, known answers.
+"""Uncertainty of test metrics (``pipeline.evaluate.stats``) against independent references, known answers.
 
 * Weighted AP against scikit-learn: plain AP with unit weights, and AP on the explicitly repeated
   clips for bootstrap counts (tied scores, masked entries, classes without a positive or a
@@ -26,8 +26,8 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.metrics import average_precision_score
 
-from pipeline.metrics import average_precision, mean_average_precision
-from pipeline.stats import (
+from pipeline.evaluate.metrics import average_precision, mean_average_precision
+from pipeline.evaluate.stats import (
     ArmScores,
     arm_result,
     bootstrap_counts,

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import train_config
-from pipeline.train import train
+from pipeline.train.config import train_config
+from pipeline.train.loop import train
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +91,8 @@ def test_training_lowers_the_loss_and_beats_label_frequency(baseline) -> None:
 def test_trained_student_tags_new_rendered_audio(baseline, tmp_path: Path) -> None:
     import soundfile as sf
 
-    from pipeline.datasets.demo import render_instruments
-    from pipeline.predict import load_run
+    from pipeline.data.datasets.demo import render_instruments
+    from pipeline.inference.predict import load_run
 
     solos = ["piano", "drums", "flute", "trumpet"]
     paths = []
@@ -214,11 +214,11 @@ def test_training_imports_no_teacher_code(data_dir: Path, tmp_path: Path) -> Non
     script = textwrap.dedent(
         f"""
         import sys
-        from pipeline.config import train_config
-        from pipeline.train import train
+        from pipeline.train.config import train_config
+        from pipeline.train.loop import train
         train(train_config("demo", teacher="musicnn", kd=True, max_epochs=1, workers=2),
               {str(_sibling(data_dir, tmp_path))!r}, progress=False)
-        banned = ("pipeline.teachers", "pipeline.extract", "musicnn", "panns_inference",
+        banned = ("pipeline.teachers", "pipeline.extract.local", "musicnn", "panns_inference",
                   "_pipeline_panns_inference", "torchvggish", "torchopenl3", "openl3",
                   "hear21passt")
         print("IMPORTED", sorted(m for m in sys.modules if m.split(".")[0] in banned
@@ -240,7 +240,7 @@ def test_missing_teacher_store_names_the_command(data_dir: Path) -> None:
 def test_a_run_shorter_than_an_epoch_has_no_best_and_evaluation_leaves_it_out(
     data_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    from pipeline.evaluate import evaluate_all
+    from pipeline.evaluate.evaluation import evaluate_all
 
     other = _sibling(data_dir, tmp_path)
     result = train(train_config("demo", teacher="none", max_steps=1, workers=0), other)

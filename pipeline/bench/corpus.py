@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.manifest import Manifest, make_manifest
+from pipeline.data.manifest import Manifest, make_manifest
 
 FORMATS = (("wav", "WAV", "PCM_16"), ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III"))
 SAMPLE_RATE_HZ = 44_100

@@ -1,12 +1,12 @@
 """P4: stage one end to end ÷ the teacher alone on the same batches.
 
-Numerator: :func:`pipeline.extract.extract` with the real musicnn teacher (weights from the
+Numerator: :func:`pipeline.extract.local.extract` with the real musicnn teacher (weights from the
 musicnn wheel, ``max_pool`` layer) over ``ctx.size(256, minimum=16)`` clips of 10 s, batches of
 16, decoding in ``ctx.workers`` joblib processes, writing a fresh clip store each time
 (``overwrite=True``): everything a user waits for.
 
 Denominator: the same teacher's ``embed`` on the same batches of the same clips, decoded into
-memory beforehand with :func:`pipeline.audio.load_audio` (no I/O, no decoding, no store).
+memory beforehand with :func:`pipeline.data.audio.load_audio` (no I/O, no decoding, no store).
 
 Both are clips/s; the figure is their ratio (1.0 = decoding and writing are fully hidden behind
 the teacher). With ``ctx.workers`` = 1, joblib decodes in the calling process between teacher
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import load_audio
+from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, device_name, error_figure
 from pipeline.bench.corpus import make_corpus
-from pipeline.extract import extract
-from pipeline.manifest import Manifest
+from pipeline.extract.local import extract
+from pipeline.data.manifest import Manifest
 from pipeline.teachers import Teacher, create_teacher
 
 FULL_CLIPS = 256

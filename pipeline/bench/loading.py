@@ -5,14 +5,14 @@ Setup (written once under ``ctx.root``, reused while complete): a corpus of
 stage one) and a teacher-shaped store of random float16 values with PaSST's shape, 11 frames ×
 768 per clip (see :mod:`pipeline.bench.stores`; the loader only moves bytes, so the values do not
 matter). Every side below delivers the same batches: the same clips in the same order (one
-:class:`pipeline.loader.ShardAwareSampler` order), 32 clips per batch, mels as (32, 96, 500) and
+:class:`pipeline.train.loader.ShardAwareSampler` order), 32 clips per batch, mels as (32, 96, 500) and
 embeddings as (32, 11, 768) float32 tensors.
 
 P2 -- our loader ÷ the way the EAsT reference code loads its data.
-    Ours: :class:`pipeline.loader.ClipDataset` over the two stores, torch ``DataLoader`` with
+    Ours: :class:`pipeline.train.loader.ClipDataset` over the two stores, torch ``DataLoader`` with
     ``ctx.workers`` workers. Theirs: a ``Dataset`` whose ``__getitem__`` decodes the clip's audio
-    file (:func:`pipeline.audio.load_audio`, 16 kHz), computes its log-mel with the same
-    :class:`pipeline.features.MelSpectrogram` and ``np.load``-s the clip's embedding from one
+    file (:func:`pipeline.data.audio.load_audio`, 16 kHz), computes its log-mel with the same
+    :class:`pipeline.extract.frontends.MelSpectrogram` and ``np.load``-s the clip's embedding from one
     ``.npy`` file per clip; same ``DataLoader`` settings. Ratio of clips/s; target >= 5.
 
 P3 -- our loader ÷ reading the same bytes raw.
@@ -21,7 +21,7 @@ P3 -- our loader ÷ reading the same bytes raw.
     converts a whole batch to the same float32 tensors with a few numpy calls: the least work
     that yields the batch. Both sides run single-process (``num_workers=0``) for the figure; the
     same comparison with ``ctx.workers`` workers is in the details. "P3" uses the Zarr stores;
-    "P3-h5" HDF5 copies made by ``pipeline.h5store.export_h5`` (skipped where that is missing).
+    "P3-h5" HDF5 copies made by ``pipeline.stores.h5_store.export_h5`` (skipped where that is missing).
     Ratio of clips/s; target >= 0.5.
 
 Each side is timed for whole passes over the corpus: one untimed pass first (it fills the page
@@ -43,14 +43,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.audio import load_audio
+from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, device_name, error_figure, median_seconds
 from pipeline.bench.corpus import make_corpus
 from pipeline.bench.stores import build_stores
-from pipeline.features import MelSpectrogram, frontend_config
-from pipeline.loader import ClipDataset, ShardAwareSampler, collate
-from pipeline.manifest import Manifest
-from pipeline.store import COMPLETE_MARKER, read_store
+from pipeline.extract.frontends import MelSpectrogram, frontend_config
+from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate
+from pipeline.data.manifest import Manifest
+from pipeline.stores.zarr_store import COMPLETE_MARKER, read_store
 
 BATCH_SIZE = 32
 FULL_CLIPS = 2000
@@ -376,7 +376,7 @@ def p3(
 def _h5_dataset(s: LoaderSetup) -> tuple[ClipDataset, list[Path]] | None:
     """Our dataset over HDF5 copies of the stores, and the copies; None without ``export_h5``."""
     try:
-        from pipeline.h5store import export_h5
+        from pipeline.stores.h5_store import export_h5
     except ImportError:
         return None
     copies = []
@@ -392,7 +392,7 @@ def p3_h5(ctx: BenchContext, s: LoaderSetup) -> Figure:
     """P3 over HDF5 copies of the stores; a "skipped" row where ``export_h5`` is missing."""
     h5 = _h5_dataset(s)
     if h5 is None:
-        why = "skipped: pipeline.h5store.export_h5 is not available"
+        why = "skipped: pipeline.stores.h5_store.export_h5 is not available"
         return Figure(
             "P3-h5",
             WHAT["P3-h5"],

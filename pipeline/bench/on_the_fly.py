@@ -1,18 +1,18 @@
 """P1: a training epoch with the teacher run on the fly ÷ the same epoch from the cache.
 
 Both sides train the same student (one model, one Adam optimiser) with the same EAsT loss
-(distance correlation, λ of the config preset) through :func:`pipeline.train.train_one_epoch`,
-over the same clips in the same order (one :class:`pipeline.loader.ShardAwareSampler` order),
+(distance correlation, λ of the config preset) through :func:`pipeline.train.loop.train_one_epoch`,
+over the same clips in the same order (one :class:`pipeline.train.loader.ShardAwareSampler` order),
 with the same batch size and ``ctx.workers`` DataLoader workers. They differ only in where a
 batch's mels and teacher embeddings come from:
 
-* cached: :class:`pipeline.loader.ClipDataset` over the mel store and the teacher store, loaded
+* cached: :class:`pipeline.train.loader.ClipDataset` over the mel store and the teacher store, loaded
   with the DataLoader settings of training (:func:`store_loader`). Making the two stores with
-  :func:`pipeline.extract.extract` is paid once, not per epoch; its time is in the details.
-* on the fly: the DataLoader workers decode each clip once (:func:`pipeline.audio.load_audio`
+  :func:`pipeline.extract.local.extract` is paid once, not per epoch; its time is in the details.
+* on the fly: the DataLoader workers decode each clip once (:func:`pipeline.data.audio.load_audio`
   at the file's own rate), resample it with soxr to the teacher's and to the student's rate
   (the same samples ``load_audio`` gives at those rates) and compute the student's log-mel
-  (:class:`pipeline.features.MelFrontEnd`, as the mel store holds it); the main process runs
+  (:class:`pipeline.extract.frontends.MelFrontEnd`, as the mel store holds it); the main process runs
   the teacher forward (``teacher.embed``, no gradient, on ``ctx.device``) per batch, then the
   training step.
 
@@ -51,18 +51,18 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from pipeline.audio import load_audio
+from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, device_name, measure_cases, median_seconds
 from pipeline.bench.corpus import make_corpus
-from pipeline.config import TrainConfig
-from pipeline.extract import Encoder, extract, max_frames_for
-from pipeline.features import MelFrontEnd, create_frontend
-from pipeline.loader import ClipDataset, ShardAwareSampler, _fit_frames, collate
-from pipeline.manifest import Manifest
-from pipeline.store import COMPLETE_MARKER, StoreError, read_store
+from pipeline.train.config import TrainConfig
+from pipeline.extract.local import Encoder, extract, max_frames_for
+from pipeline.extract.frontends import MelFrontEnd, create_frontend
+from pipeline.train.loader import ClipDataset, ShardAwareSampler, _fit_frames, collate
+from pipeline.data.manifest import Manifest
+from pipeline.stores.zarr_store import COMPLETE_MARKER, StoreError, read_store
 from pipeline.students import Student, create_student
 from pipeline.teachers import Teacher, create_teacher
-from pipeline.train import train_one_epoch
+from pipeline.train.loop import train_one_epoch
 
 FULL_CLIPS = 128
 MIN_CLIPS = 8
@@ -212,7 +212,7 @@ def with_teacher(
 def store_loader(
     dataset: ClipDataset, cfg: TrainConfig, device: torch.device
 ) -> tuple[DataLoader, ShardAwareSampler]:
-    """The training DataLoader of one process, as :mod:`pipeline.train` sets it up, and its sampler.
+    """The training DataLoader of one process, as :mod:`pipeline.train.loop` sets it up, and its sampler.
 
     Shard-aware order from ``cfg.seed``, whole batches of ``cfg.batch_size``, ``cfg.workers``
     persistent workers.

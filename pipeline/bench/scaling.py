@@ -4,14 +4,14 @@ For N = 1k, 5k and 10k clips (× ``ctx.scale``, at least 40 / 200 / 400) of 10 s
 same audio files (:func:`pipeline.bench.corpus.make_corpus`: the manifests differ only in N),
 two jobs run, each in a fresh Python process so that every peak is its own:
 
-* extraction: :func:`pipeline.extract.extract` of the mobile_fcn mel store of the N clips, the
+* extraction: :func:`pipeline.extract.local.extract` of the mobile_fcn mel store of the N clips, the
   real stage-one code path with the mel front end as encoder (cheap next to a teacher, so what
   grows with N in extract() itself is not hidden), decoding in ``ctx.workers`` joblib processes,
   writing a fresh store (after an untimed one-batch extract() that starts the workers);
-* training: one epoch of mobile_fcn with the EAsT loss (:func:`pipeline.train.train_one_epoch`)
+* training: one epoch of mobile_fcn with the EAsT loss (:func:`pipeline.train.loop.train_one_epoch`)
   over that mel store and a teacher-shaped store of random values
   (:func:`pipeline.bench.stores.build_teacher_store`, 11 × 768 per clip, written untimed
-  beforehand), through :class:`pipeline.loader.ClipDataset` and the DataLoader settings of
+  beforehand), through :class:`pipeline.train.loader.ClipDataset` and the DataLoader settings of
   training (:func:`pipeline.bench.on_the_fly.store_loader`) with ``ctx.workers`` workers.
 
 Peak memory of a job: the peak resident set (VmHWM) of its process plus that of each of its
@@ -122,9 +122,9 @@ def job_extract(manifest_path: Path, store: Path, workers: int, device: str) -> 
     An untimed extract() of the first batch into a scratch store comes first: it starts the
     decode workers (joblib keeps them), a fixed cost that would otherwise swamp small N.
     """
-    from pipeline.extract import extract
-    from pipeline.features import create_frontend
-    from pipeline.manifest import Manifest
+    from pipeline.extract.local import extract
+    from pipeline.extract.frontends import create_frontend
+    from pipeline.data.manifest import Manifest
 
     manifest = Manifest.read(manifest_path)
     frontend = create_frontend(FRONTEND, device=device)
@@ -154,11 +154,11 @@ def job_train(
     from tqdm.auto import tqdm
 
     from pipeline.bench.on_the_fly import store_loader
-    from pipeline.config import TrainConfig
-    from pipeline.loader import ClipDataset
-    from pipeline.manifest import Manifest
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.loader import ClipDataset
+    from pipeline.data.manifest import Manifest
     from pipeline.students import create_student
-    from pipeline.train import train_one_epoch
+    from pipeline.train.loop import train_one_epoch
 
     manifest = Manifest.read(manifest_path)
     cfg = TrainConfig(

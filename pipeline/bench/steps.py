@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.bench import BenchContext, Figure, device_name, measure_cases
-from pipeline.paper import training_step_seconds
+from pipeline.evaluate.paper import training_step_seconds
 from pipeline.students import count_parameters, create_student
 
 BATCH = 16

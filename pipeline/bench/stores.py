@@ -2,7 +2,7 @@
 
 :func:`build_stores` gives the two stores that stage two reads for a corpus manifest:
 
-* ``mel-mobile_fcn.zarr``: real log-mels, made by :func:`pipeline.extract.extract` with the
+* ``mel-mobile_fcn.zarr``: real log-mels, made by :func:`pipeline.extract.local.extract` with the
   ``mobile_fcn`` front end (16 kHz, hop 20 ms, 96 bands: 500 frames for a 10 s clip).
 * ``teacher-passt-shaped.zarr``: random float16 values shaped like PaSST timestamp embeddings
   (11 frames × 768 per 10 s clip). The loader never looks at the values, only at their bytes, so
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bench import BenchContext
-from pipeline.extract import extract
-from pipeline.features import create_frontend
-from pipeline.manifest import Manifest
-from pipeline.store import StoreError, open_store, read_store
+from pipeline.extract.local import extract
+from pipeline.extract.frontends import create_frontend
+from pipeline.data.manifest import Manifest
+from pipeline.stores.zarr_store import StoreError, open_store, read_store
 
 TEACHER_FRAMES = 11
 TEACHER_DIM = 768

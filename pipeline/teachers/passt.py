@@ -17,8 +17,8 @@ Two outputs (``mode``):
 mel filterbank and for training-time masking); neither is needed here: the network code is
 imported under a private package name with a stand-in for ``timm`` that refuses downloads, and
 the mel front end (``AugmentMelSTFT`` in eval mode) is the students' recipe
-(:func:`pipeline.features.log_mel_spectrogram`, whose Kaldi filterbank is
-:func:`pipeline.melbanks.kaldi_mel_filterbank`) with PaSST's numbers, :data:`MEL_CONFIG`.
+(:func:`pipeline.extract.frontends.log_mel_spectrogram`, whose Kaldi filterbank is
+:func:`pipeline.extract.melbanks.kaldi_mel_filterbank`) with PaSST's numbers, :data:`MEL_CONFIG`.
 
 Weights: ``passt-s-f128-p16-s10-ap.476-swa.pt`` (about 330 MB, a plain state dict), from an
 explicit path, ``$PASST_WEIGHTS``, or ``<torch hub dir>/checkpoints/`` (where timm caches it,
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.features import (
+from pipeline.extract.frontends import (
     MelConfig,
     log_mel_code_digest,
     log_mel_spectrogram,
@@ -339,7 +339,7 @@ class PasstTeacher(Teacher):
             "hop_ms": self.hop_ms,
             "weights_sha256": self.weights_sha256,
             "hear21passt": importlib.metadata.version("hear21passt"),
-            # The shared front-end code (pipeline.features, pipeline.melbanks) that log_mel runs.
+            # The shared front-end code (pipeline.extract.frontends, pipeline.extract.melbanks) that log_mel runs.
             "mel_code": log_mel_code_digest(),
         }
 

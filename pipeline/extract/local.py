@@ -1,0 +1,335 @@
+"""Stage one: run a teacher over every clip of a manifest, into a clip store.
+
+Any :class:`Encoder` can take the teacher's place, e.g. a mel front end
+(:class:`pipeline.extract.frontends.MelFrontEnd`) whose spectrograms are cached the same way.
+
+Worker processes (joblib's loky) decode and resample the next batches while the teacher embeds
+the current one, at most ``2 × jobs`` batches ahead, so memory does not grow with the dataset
+when decoding is faster than the teacher. Each finished shard is written once with its done
+marker, so a killed run resumes where it stopped. Clips that cannot be decoded or embedded are
+recorded with their cause and left at zero frames; they never abort the run unless more than
+``max_failed_fraction`` fail.
+Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
+An encoder's ``store_compression`` ("zstd" unless it says otherwise) is the store's codec.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from joblib.executor import get_memmapping_executor
+from tqdm.auto import tqdm
+
+from pipeline.data.audio import AudioError, load_audio
+from pipeline.data.manifest import Manifest
+from pipeline.stores.zarr_store import ClipStore, ShardPlan, open_store
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class Encoder(Protocol):
+    """What :func:`extract` needs from a teacher (or a mel front end): clips → (frames, D) arrays.
+
+    See :class:`pipeline.teachers.Teacher` for the meaning of each member.
+    """
+
+    name: str
+    sample_rate_hz: int
+    min_duration_s: float
+    dim: int
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+    def num_frames(self, n_samples: int) -> int: ...
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+
+class ExtractionError(RuntimeError):
+    """Too many clips failed: the inputs or the settings are likely wrong."""
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    clips: int
+    embedded: int
+    failed: dict[str, str] = field(default_factory=dict)
+    padded: dict[str, str] = field(default_factory=dict)
+    shards_written: int = 0
+    shards_skipped: int = 0
+    processed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        """Clips handled by this run (decoded and embedded, or failed) per second."""
+        return self.processed / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "clips_per_s": round(self.clips_per_s, 2)}
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.store}: {self.embedded}/{self.clips} clips embedded, "
+            f"{len(self.failed)} failed; "
+            f"{self.shards_written} shards written, {self.shards_skipped} already done; "
+            f"{self.seconds:.1f} s ({self.clips_per_s:.1f} clips/s)"
+        ]
+        lines += [f"  failed {clip}: {cause}" for clip, cause in sorted(self.failed.items())]
+        lines += [f"  padded {clip}: {note}" for clip, note in sorted(self.padded.items())]
+        return "\n".join(lines)
+
+
+def _decode(
+    clips: Sequence[tuple[str, str]],
+    sr_hz: int,
+    min_duration_s: float,
+    max_duration_s: float | None,
+) -> list[np.ndarray | str]:
+    """Decode clips in a worker: a waveform per clip, or the failure's message."""
+    out: list[np.ndarray | str] = []
+    for clip_id, path in clips:
+        try:
+            out.append(
+                load_audio(
+                    path,
+                    sr_hz=sr_hz,
+                    min_duration_s=min_duration_s,
+                    max_duration_s=max_duration_s,
+                    clip=clip_id,
+                )
+            )
+        except AudioError as err:
+            out.append(err.cause)
+    return out
+
+
+def _die_with_parent() -> None:
+    """Run in each decode worker: the kernel kills it when the extracting process dies, even
+    by SIGKILL; otherwise it would idle until the pool's 300 s timeout (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _decoded(
+    tasks: Iterable[tuple[Any, ...]], jobs: int, ahead: int
+) -> Iterator[list[np.ndarray | str]]:
+    """``_decode(*task)`` of each task, in order; at most ``ahead`` tasks in flight.
+
+    A task is submitted only when the consumer takes a result: joblib's generator output
+    would decode everything ahead of a slower teacher and hold it all in memory. With
+    ``jobs`` <= 1 the tasks run here, one per result taken.
+    """
+    tasks = iter(tasks)
+    if jobs <= 1:
+        yield from (_decode(*task) for task in tasks)
+        return
+    # joblib's own reusable worker pool, the one its Parallel shares (idle workers exit after
+    # 300 s); a pool of another class would clash with Parallel's in the same process.
+    executor = get_memmapping_executor(jobs, timeout=300, initializer=_die_with_parent)
+    pending = deque(executor.submit(_decode, *task) for task in islice(tasks, ahead))
+    try:
+        while pending:
+            result = pending.popleft().result()
+            if (task := next(tasks, None)) is not None:
+                pending.append(executor.submit(_decode, *task))
+            yield result
+    finally:  # the consumer stopped early: drop what has not started
+        for future in pending:
+            future.cancel()
+
+
+def _embed(teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
+    """Embed a batch's decoded clips; a teacher error is pinned to its clip by retrying singly."""
+    ok = [i for i, w in enumerate(waves) if not isinstance(w, str)]
+    results: list[np.ndarray | str] = list(waves)
+    try:
+        for i, emb in zip(ok, teacher.embed([waves[i] for i in ok]), strict=True):
+            results[i] = emb
+    except Exception:
+        for i in ok:
+            try:
+                [results[i]] = teacher.embed([waves[i]])
+            except Exception as err:
+                results[i] = f"{teacher.name} failed: {type(err).__name__}: {err}"
+    for i, r in enumerate(results):
+        if isinstance(r, str):
+            continue
+        if len(r) == 0:
+            results[i] = f"{teacher.name} produced no frames"
+        elif not np.isfinite(r).all():
+            results[i] = f"{teacher.name} produced non-finite values"
+        elif r.size and np.abs(r).max() > FLOAT16_MAX:
+            results[i] = f"{teacher.name} values exceed the float16 range of the store"
+    return results
+
+
+def _padding_notes(
+    teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]
+) -> dict[str, str]:
+    """The clips of a batch that the teacher will zero-pad (its ``pad_below_s``), with why."""
+    pad_s = getattr(teacher, "pad_below_s", 0.0)
+    sr = teacher.sample_rate_hz
+    return {
+        clip: f"{len(w) / sr:.3f} s is shorter than {teacher.name}'s {pad_s} s: zero-padded"
+        for clip, w in zip(clip_ids, waves, strict=True)
+        if not isinstance(w, str) and len(w) < pad_s * sr
+    }
+
+
+def _batches(
+    shards: Sequence[ShardPlan], todo: Sequence[int], batch_size: int
+) -> Iterator[tuple[int, int, int]]:
+    """(shard, start, stop) row ranges of at most ``batch_size`` clips, shard by shard."""
+    for plan in (shards[k] for k in todo):
+        for start in range(plan.start, plan.stop, batch_size):
+            yield plan.index, start, min(start + batch_size, plan.stop)
+
+
+def open_encoder_store(
+    manifest: Manifest,
+    teacher: Encoder,
+    out: str | os.PathLike,
+    shard_size: int,
+    max_duration_s: float | None,
+    overwrite: bool,
+) -> ClipStore:
+    """Create (or reopen to resume) the store ``teacher`` fills for ``manifest``."""
+    return open_store(
+        out,
+        fingerprint=teacher.fingerprint(),
+        clip_ids=manifest.clip_ids,
+        dim=teacher.dim,
+        max_frames=max_frames_for(manifest, teacher, max_duration_s),
+        shard_size=shard_size,
+        compression=getattr(teacher, "store_compression", "zstd"),
+        overwrite=overwrite,
+    )
+
+
+def max_frames_for(manifest: Manifest, teacher: Encoder, max_duration_s: float | None) -> int:
+    durations = manifest.clips["duration_s"].to_numpy(dtype=float)
+    if np.isnan(durations).all():
+        raise ExtractionError(f"{manifest.name}: no clip has a readable duration")
+    longest = float(np.nanmax(durations))
+    if max_duration_s is not None:
+        longest = min(longest, max_duration_s)
+    return max(1, teacher.num_frames(math.ceil(longest * teacher.sample_rate_hz)))
+
+
+def extract(
+    manifest: Manifest,
+    teacher: Encoder,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    shard_size: int = 256,
+    jobs: int | None = None,
+    max_duration_s: float | None = None,
+    max_failed_fraction: float = 0.2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Embed every clip of ``manifest`` with ``teacher`` (any :class:`Encoder`) into ``out``.
+
+    Parameters
+    ----------
+    batch_size : int > 0 -- clips per teacher call (and per decode task)
+    shard_size : int > 0 -- clips per shard, the unit of writing and resuming
+    jobs : decode worker processes; default: CPU count − 1 (at least 1)
+    max_duration_s : keep only the first seconds of each clip
+    max_failed_fraction : abort without marking the store complete above this failure rate
+    overwrite : delete an existing store (also one made with other settings) first
+    """
+    started = time.perf_counter()
+    clip_ids = manifest.clip_ids
+    store = open_encoder_store(manifest, teacher, out, shard_size, max_duration_s, overwrite)
+    shards = store.shards()
+    done = store.done_shards()
+    todo = [p.index for p in shards if p.index not in done]
+    summary = ExtractSummary(str(out), len(clip_ids), 0, shards_skipped=len(done))
+    paths = manifest.clips["path"].tolist()
+    batches = list(_batches(shards, todo, batch_size))
+    jobs = jobs or max(1, (os.cpu_count() or 2) - 1)
+    decoded = _decoded(
+        (
+            (
+                list(zip(clip_ids[a:b], paths[a:b], strict=True)),
+                teacher.sample_rate_hz,
+                teacher.min_duration_s,
+                max_duration_s,
+            )
+            for _, a, b in batches
+        ),
+        jobs,
+        ahead=2 * jobs,
+    )
+    pending: dict[int, list[np.ndarray | str]] = {}
+    bar = tqdm(
+        total=sum(shards[k].stop - shards[k].start for k in todo),
+        unit="clip",
+        desc=f"{teacher.name} → {Path(out).name}",
+        disable=None if progress else True,  # None: off when not writing to a terminal
+    )
+    with bar:
+        for (shard, a, b), waves in zip(batches, decoded, strict=True):
+            summary.padded.update(_padding_notes(teacher, clip_ids[a:b], waves))
+            pending.setdefault(shard, []).extend(_embed(teacher, clip_ids[a:b], waves))
+            bar.update(b - a)
+            summary.processed += b - a
+            if b == shards[shard].stop:
+                write_results(store, shard, pending.pop(shard))
+                summary.shards_written += 1
+    return finish(store, summary, started, max_failed_fraction)
+
+
+def embed_shard(
+    teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str], batch_size: int
+) -> tuple[list[np.ndarray | str], dict[str, str]]:
+    """One shard's decoded clips (or decoding failures) → embeddings or failure causes, in
+    teacher calls of ``batch_size`` clips (the batches :func:`extract` makes), and the clips the
+    teacher zero-pads."""
+    results: list[np.ndarray | str] = []
+    padded: dict[str, str] = {}
+    for a in range(0, len(waves), batch_size):
+        ids, part = clip_ids[a : a + batch_size], waves[a : a + batch_size]
+        padded.update(_padding_notes(teacher, ids, part))
+        results.extend(_embed(teacher, ids, part))
+    return results, padded
+
+
+def write_results(store: ClipStore, shard: int, results: Sequence[np.ndarray | str]) -> None:
+    """Write a shard's embeddings; strings are the causes of failed clips."""
+    start = store.shards()[shard].start
+    failures = {store.clip_ids[start + i]: r for i, r in enumerate(results) if isinstance(r, str)}
+    store.write_shard(shard, [None if isinstance(r, str) else r for r in results], failures)
+
+
+def finish(
+    store: ClipStore, summary: ExtractSummary, started: float, max_failed_fraction: float
+) -> ExtractSummary:
+    """Fill in the summary from the store and mark it complete, unless too many clips failed."""
+    summary.seconds = time.perf_counter() - started
+    summary.failed = store.failures()
+    summary.embedded = int((store.n_frames > 0).sum())
+    if len(summary.failed) > max_failed_fraction * len(store):
+        raise ExtractionError(
+            f"{len(summary.failed)} of {len(store)} clips failed (limit "
+            f"{max_failed_fraction:.0%}); the store is kept but not marked complete.\n{summary}"
+        )
+    store.mark_complete(summary.as_dict())
+    return summary

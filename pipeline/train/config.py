@@ -1,0 +1,362 @@
+"""Training configurations: one frozen dataclass, presets per dataset, ``KEY=VALUE`` overrides.
+
+A preset holds the paper's hyper-parameters for a dataset (see the official configs summarised in
+the README); anything can be overridden from the command line::
+
+    cfg = train_config("openmic", teacher="passt")                 # EAsT, λ = 0.9, DC
+    cfg = train_config("magnatagatune", teacher="vggish", loss="cosine", lam=0.6)
+    cfg.run_name()                                                 # "cp_resnet-passt-1a2b3c4d"
+
+The hash behind the run name covers every field that can change the result; fields that only
+change speed (``workers``, ``device``) are left out, so a run can be resumed with other ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline.students import list_students
+
+
+class ConfigError(ValueError):
+    """A training setting that does not exist or has an invalid value."""
+
+
+# Version of the training recipe (students, front end, objective, schedule). Runs record it in
+# config.json; evaluation and reports leave out runs of another recipe. 2 = the paper-exact
+# recipe (official students, Kaldi front end, validation total loss, per-clip mixup, ...).
+RECIPE = 2
+
+# Fields that change how fast a run goes, never what it computes.
+NOT_HASHED = frozenset({"workers", "device"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything stage two needs to train one student.
+
+    Attributes
+    ----------
+    dataset : manifest name (``data/manifests/<dataset>.parquet``)
+    student : registered student name; ``student_options`` are passed to its builder
+    teacher : teacher store name(s) joined by ``+`` (``"panns+vggish"``), or ``"none"``
+    frontend : mel front end; the mel store is ``data/cache/<dataset>/mel-<frontend>.zarr``
+    loss : teacher regulariser, ``"dc"`` (distance correlation) or ``"cosine"`` (cosine
+        distance difference)
+    lam : λ in (1 − λ)·BCE + λ·regulariser; ``None`` = the paper's value for dataset and teacher
+    kd : add classical knowledge distillation from frozen linear probes on the cached
+        embeddings (EAsT-KD: regulariser = kd_weight·KD + (1 − kd_weight)·DC)
+    kd_weight : weight of KD inside the EAsT-KD regulariser (0.3 in the paper)
+    align : time alignment of student and teacher frames: ``"repeat"`` (integer repeat factors,
+        then both cut to the shorter; the official fixed factors for the paper's dataset,
+        student and teacher, see :func:`paper_time_factors`, computed ones otherwise) or
+        ``"mean"`` (both averaged over time)
+    teacher_weights : relative weight of each teacher's term (default equal)
+    lr, weight_decay : Adam settings
+    batch_size : clips per optimiser step (the global batch with several processes); also the
+        validation batch, since the regulariser of the validation loss compares a batch's clips
+    grad_clip : max gradient norm
+    max_steps : stop after this many optimiser steps; ``None`` = no step limit
+    max_epochs : stop after this many passes over the training split; ``None`` = no epoch
+        limit. A run ends at whichever limit (or early stopping) comes first; an epoch cut short
+        by ``max_steps`` is not validated (as in Lightning)
+    plateau_factor, plateau_patience : learning rate × factor once the validation total loss
+        has not fallen by more than 0.01 % (relative) for more than ``patience`` epochs
+        (torch's ``ReduceLROnPlateau`` defaults otherwise); see :mod:`pipeline.train.schedule`
+    early_stop_patience : stop after that many epochs without a lower validation total loss
+    mixup_alpha : per-clip mixup with a partner drawn from the whole training split,
+        λ ~ Beta(α, α) folded to ≥ 0.5, of mels (after SpecAugment), labels, label masks (OR)
+        and teacher embeddings; 0 = off
+    specaug_freq, specaug_time : SpecAugment, one band of mel bins and one of frames per clip,
+        of width drawn below these values (torchaudio's masking); 0 = off. Masked values become
+        a log-mel of 0 as the front end normalises it
+    band_jitter : OpenMIC's training-time jitter of the mel band limits (f_min + [0, 20) Hz,
+        f_max − [0, 2000) Hz per clip), approximated on the cached log-mels by warping them
+        along the bands (:func:`pipeline.extract.melbanks.jitter_mel_bands`), before SpecAugment
+    label_fraction : fraction of the training split's clips whose labels are kept (seeded by
+        ``seed``, class-stratified, nested across fractions, see
+        :func:`pipeline.data.fractions.labelled_subset`); the other training clips stay in training
+        with all labels unknown, so the teacher term still sees them; validation and test are
+        untouched; 1 = all
+    shard_window : shards shuffled together (see :class:`pipeline.train.loader.ShardAwareSampler`)
+    seed : everything random derives from it
+    probe_lr : SGD learning rate of the KD linear probes; ``None`` = the official value per
+        dataset and teacher (:func:`paper_probe_lr`)
+    probe_max_steps : optimiser-step limit of the KD linear probes
+    workers : loader worker processes
+    device : torch device; ``None`` = cuda when available
+    """
+
+    dataset: str
+    student: str = "cp_resnet"
+    student_options: dict[str, Any] = field(default_factory=dict)
+    teacher: str = "none"
+    frontend: str = "cp_resnet"
+    loss: Literal["dc", "cosine"] = "dc"
+    lam: float | None = None
+    kd: bool = False
+    kd_weight: float = 0.3
+    align: Literal["repeat", "mean"] = "repeat"
+    teacher_weights: tuple[float, ...] | None = None
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    grad_clip: float = 1.0
+    max_steps: int | None = 80_000
+    max_epochs: int | None = None
+    plateau_factor: float = 0.2
+    plateau_patience: int = 8
+    early_stop_patience: int = 15
+    mixup_alpha: float = 0.0
+    specaug_freq: int = 0
+    specaug_time: int = 0
+    band_jitter: bool = False
+    label_fraction: float = 1.0
+    shard_window: int = 4
+    seed: int = 1223
+    probe_lr: float | None = None
+    probe_max_steps: int = 80_000
+    workers: int = 2
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.student not in list_students():
+            problems.append(f"unknown student {self.student!r} ({', '.join(list_students())})")
+        if self.loss not in ("dc", "cosine"):
+            problems.append(f"loss must be 'dc' or 'cosine', not {self.loss!r}")
+        if self.align not in ("repeat", "mean"):
+            problems.append(f"align must be 'repeat' or 'mean', not {self.align!r}")
+        if self.lam is not None and not 0.0 <= self.lam <= 1.0:
+            problems.append(f"lam must lie in [0, 1], not {self.lam}")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            problems.append(f"kd_weight must lie in [0, 1], not {self.kd_weight}")
+        if self.kd and not self.teachers:
+            problems.append("kd needs a teacher (teacher=none given)")
+        if self.teacher_weights is not None and len(self.teacher_weights) != len(self.teachers):
+            problems.append(
+                f"teacher_weights has {len(self.teacher_weights)} entries for "
+                f"{len(self.teachers)} teachers"
+            )
+        for name in ("batch_size", "max_steps", "max_epochs", "shard_window", "probe_max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be ≥ 1, not {value}")
+        if self.max_steps is None and self.max_epochs is None:
+            problems.append("max_steps and max_epochs are both None: a run needs a limit")
+        if self.probe_lr is not None and not self.probe_lr > 0:
+            problems.append(f"probe_lr must be > 0, not {self.probe_lr}")
+        if not 0.0 < self.label_fraction <= 1.0:
+            problems.append(f"label_fraction must lie in (0, 1], not {self.label_fraction}")
+        if self.workers < 0:
+            problems.append(f"workers must be ≥ 0, not {self.workers}")
+        if problems:
+            raise ConfigError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        """Teacher store names; empty for the baseline."""
+        if self.teacher in ("", "none"):
+            return ()
+        return tuple(self.teacher.split("+"))
+
+    @property
+    def regulariser_weight(self) -> float:
+        """λ actually used: 0 without a teacher, else ``lam`` or the paper's value."""
+        if not self.teachers:
+            return 0.0
+        return self.lam if self.lam is not None else paper_lambda(self.dataset, self.teachers)
+
+    @property
+    def time_factors(self) -> tuple[tuple[int, int] | None, ...]:
+        """Per teacher the fixed (student, teacher) repeat factors, ``None`` = computed."""
+        return tuple(paper_time_factors(self.dataset, self.student, t) for t in self.teachers)
+
+    @property
+    def probe_lrs(self) -> tuple[float, ...]:
+        """Per teacher the SGD learning rate of its KD probe: ``probe_lr`` or the paper's."""
+        if self.probe_lr is not None:
+            return tuple(self.probe_lr for _ in self.teachers)
+        return tuple(paper_probe_lr(self.dataset, t) for t in self.teachers)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Stable hash of the fields that change results (hex, 64 characters).
+
+        Values the config resolves from tables (λ, time factors, probe learning rates) enter as
+        resolved, so a run spelling out the paper's value is the run that leaves it to the table.
+        """
+        fields = {k: v for k, v in self.as_dict().items() if k not in NOT_HASHED}
+        if self.label_fraction == 1.0:
+            del fields["label_fraction"]  # the run names from before the setting existed
+        fields["lam"] = self.regulariser_weight
+        fields["time_factors"] = self.time_factors
+        fields["probe_lr"] = self.probe_lrs if self.kd else None
+        fields["probe_standardise"] = (
+            [probe_standardises(t) for t in self.teachers] if self.kd else None
+        )
+        fields["recipe"] = RECIPE
+        text = json.dumps(fields, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def run_name(self, extra: str = "") -> str:
+        """``<student>-<teacher>[-kd]-<8 hex>``; ``extra`` (store fingerprints) joins the hash."""
+        digest = hashlib.sha256((self.digest() + extra).encode()).hexdigest()[:8]
+        teacher = self.teacher if self.teachers else "none"
+        return f"{self.student}-{teacher}{'-kd' if self.kd else ''}-{digest}"
+
+
+# λ per teacher from the paper (OpenMIC); MTAT used 0.6 for all four teachers.
+_OPENMIC_LAMBDA = {"passt": 0.9, "panns": 0.9, "vggish": 0.8, "openl3": 0.8}
+
+# Fixed (student, teacher) repeat factors of the official configs (config/<dataset>/east_*.json,
+# the feature stage that carries the weight), per (dataset, student) and teacher store. They
+# assume the paper's stores: PANNs as one clip-level frame (layer=clip), VGGish and PaSST 0.96 s
+# frames, OpenL3 1 s windows every 0.96 s. A store of another variant needs another name.
+_PAPER_TIME_FACTORS: dict[tuple[str, str], dict[str, tuple[int, int]]] = {
+    ("openmic", "cp_resnet"): {
+        "vggish": (1, 6),
+        "openl3": (1, 6),
+        "passt": (1, 6),
+        "panns": (1, 60),
+    },
+    ("magnatagatune", "mobile_fcn"): {
+        "vggish": (2, 1),
+        "openl3": (2, 1),
+        "passt": (2, 1),
+        "panns": (1, 15),
+    },
+}
+
+# SGD learning rates of the official linear probes (config/<dataset>/lr_*.json); others 0.1.
+_PAPER_PROBE_LR = {("openmic", "vggish"): 0.2, ("magnatagatune", "passt"): 0.2}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CP ResNet on whole 10 s clips, mixup and SpecAugment (official OpenMIC config).
+    "openmic": {
+        "student": "cp_resnet",
+        "frontend": "cp_resnet",
+        "plateau_patience": 8,
+        "early_stop_patience": 15,
+        "mixup_alpha": 0.3,
+        "specaug_freq": 48,
+        "specaug_time": 192,
+        "band_jitter": True,
+    },
+    # Mobile FCN on ≈ 29 s clips, no augmentation (official MTAT config).
+    "magnatagatune": {
+        "student": "mobile_fcn",
+        "frontend": "mobile_fcn",
+        "max_steps": 100_000,
+        "plateau_patience": 5,
+        "early_stop_patience": 12,
+    },
+    # Sized for a 2-core CPU: a narrow CP ResNet on 16 kHz / 96-band mels, a larger step size
+    # and short patience, and 10 epochs (about 95 s a run), so that `make demo` trains two arms
+    # with three seeds each in under 10 minutes; the step limit is never reached. λ on the
+    # demo's validation split (musicnn, one seed, 20 epochs): 0.1 .885, 0.3 .877, 0.5 .879,
+    # 0.7 .870, 0.9 .785; 0.1-0.7 cannot be told apart at one seed, 0.9 lets the musicnn term
+    # crowd out the labels of this small set; 0.5 is kept.
+    "demo": {
+        "student": "cp_resnet",
+        "student_options": {"base_channels": 32},
+        "frontend": "mobile_fcn",
+        "lam": 0.5,
+        "lr": 1e-3,
+        "max_epochs": 10,
+        "plateau_patience": 3,
+        "early_stop_patience": 6,
+        "specaug_freq": 16,
+        "specaug_time": 64,
+        "shard_window": 2,
+    },
+    # Any other dataset (your own CSV): the OpenMIC settings without augmentation.
+    "default": {"student": "cp_resnet", "frontend": "cp_resnet"},
+}
+
+
+def of_current_recipe(config: dict[str, Any]) -> bool:
+    """Whether a run's ``config.json`` comes from this version of the training recipe.
+
+    Runs made before the recipe was recorded count as recipe 1.
+    """
+    return config.get("recipe", 1) == RECIPE
+
+
+def paper_lambda(dataset: str, teachers: tuple[str, ...]) -> float:
+    """The paper's λ: MTAT 0.6; OpenMIC 0.9 (PaSST, PANNs) or 0.8 (VGGish, OpenL3).
+
+    Several teachers get the mean of their values; teachers the paper did not use (and other
+    datasets) get 0.9 on OpenMIC-like data and 0.6 on MTAT.
+    """
+    if dataset == "magnatagatune":
+        return 0.6
+    return sum(_OPENMIC_LAMBDA.get(t, 0.9) for t in teachers) / len(teachers)
+
+
+def paper_time_factors(dataset: str, student: str, teacher: str) -> tuple[int, int] | None:
+    """The official fixed (student, teacher) repeat factors, ``None`` where the paper has none.
+
+    OpenMIC with CP ResNet: teacher ×6 for VGGish, OpenL3 and PaSST, ×60 for PANNs (student ×1).
+    MagnaTagATune with Mobile FCN: student ×2 for VGGish, OpenL3 and PaSST (teacher ×1); teacher
+    ×15 for PANNs (student ×1). Other datasets, students and teachers (musicnn, ``hear:*``,
+    your own data) get factors computed from the frame counts
+    (:func:`pipeline.train.losses.repeat_factors`).
+    """
+    return _PAPER_TIME_FACTORS.get((dataset, student), {}).get(teacher)
+
+
+def probe_standardises(teacher: str) -> bool:
+    """Whether a linear probe on ``teacher`` standardises its inputs.
+
+    The official probes take the raw embeddings of the paper's four teachers (after their load
+    normalisation); other teachers (musicnn, ``hear:*``) have none, and their probes standardise.
+    """
+    return teacher not in _OPENMIC_LAMBDA
+
+
+def paper_probe_lr(dataset: str, teacher: str) -> float:
+    """SGD learning rate of the official linear probe: 0.2 for OpenMIC-VGGish and MTAT-PaSST,
+    else 0.1."""
+    return _PAPER_PROBE_LR.get((dataset, teacher), 0.1)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check an override against the field's type; ints are accepted for floats."""
+    spec = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    default = spec.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, not {value!r}")
+    elif str(spec.type).startswith("float") and type(value) is int:
+        value = float(value)
+    if name == "teacher_weights" and value is not None:
+        value = tuple(float(v) for v in value)
+    if name == "student_options" and not isinstance(value, dict):
+        raise ConfigError(f"student_options must be a dict, e.g. {{'rho': 5}}, not {value!r}")
+    return value
+
+
+def train_config(dataset: str, *, preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """The preset of ``dataset`` (or ``preset``) with ``overrides`` applied.
+
+    Unknown keys raise :class:`ConfigError` listing the valid ones.
+    """
+    preset = preset or (dataset if dataset in PRESETS else "default")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    values = dict(PRESETS[preset])
+    values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+    return TrainConfig(dataset=dataset, **values)
