@@ -97,7 +97,7 @@ def _staleness(store: Path, fingerprint: dict[str, Any], clip_ids: list[str]) ->
     """Why an existing store cannot be resumed for these settings and clips ("" if it can, or
     if there is no store): the fingerprint keys that differ, or the clips that differ."""
     from pipeline.data.manifest import clip_difference
-    from pipeline.stores.zarr_store import fingerprint_diff
+    from pipeline.stores.fingerprint import fingerprint_diff
 
     existing = _existing_store(store)
     if existing is None:
@@ -111,7 +111,7 @@ def _staleness(store: Path, fingerprint: dict[str, Any], clip_ids: list[str]) ->
 
 def _is_stale(store: Path, fingerprint: dict[str, Any]) -> bool:
     """Whether a store exists and was made with another fingerprint."""
-    from pipeline.stores.zarr_store import fingerprint_diff
+    from pipeline.stores.fingerprint import fingerprint_diff
 
     existing = _existing_store(store)
     return existing is not None and bool(fingerprint_diff(existing.fingerprint, fingerprint))
@@ -250,8 +250,8 @@ def _store_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_mels(data_dir: Path, dataset: str, frontend_name: str, **options: Any):
     """Compute (or finish) the mel store of a dataset; see ``pipeline.extract.local.extract``."""
-    from pipeline.extract.local import extract
     from pipeline.extract.frontends import create_frontend
+    from pipeline.extract.local import extract
     from pipeline.paths import mel_store_name
 
     manifest = read_manifest(data_dir, dataset)
@@ -342,7 +342,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_paper(args: argparse.Namespace) -> int:
     from pipeline.evaluate.compare import check_settings, run_comparison
-    from pipeline.evaluate.paper import PAPER_TEACHERS, estimate_hours, paper_configs, write_paper_table
+    from pipeline.evaluate.paper import (
+        PAPER_TEACHERS,
+        estimate_hours,
+        paper_configs,
+        write_paper_table,
+    )
 
     settings = _overrides(args)
     check_settings(settings)
@@ -432,8 +437,8 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.evaluate.arms import compare_runs
     from pipeline.evaluate.comparison_report import comparison_text
-    from pipeline.paths import runs_path
     from pipeline.evaluate.report import collect_runs, comparison_table, write_report
+    from pipeline.paths import runs_path
 
     runs = runs_path(args.data_dir, args.dataset)
     if not runs.is_dir():
@@ -463,8 +468,8 @@ def _disk_mb(path: Path) -> float:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.stores.h5_store import export_h5
     from pipeline.paths import h5_store_path
+    from pipeline.stores.h5_store import export_h5
     from pipeline.stores.zarr_store import read_store
 
     source = store_path(args.data_dir, args.dataset, args.store)
@@ -750,11 +755,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from pipeline.data.audio import AudioError
-    from pipeline.train.config import ConfigError
-    from pipeline.extract.local import ExtractionError
     from pipeline.data.manifest import ManifestError
+    from pipeline.extract.local import ExtractionError
     from pipeline.stores.zarr_store import StoreError
     from pipeline.teachers import InvalidWeightsError
+    from pipeline.train.config import ConfigError
 
     try:
         return args.run(args)

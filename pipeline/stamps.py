@@ -27,8 +27,13 @@ STAGES: dict[str, tuple[list[str], list[str]]] = {
     "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS"], ["data/datasets/*.py"]),
     "extract": (
         ["DATASET", "WEIGHTS", "TEACHER_OPTS"],
-        ["extract/*.py", "teachers/__init__.py", "teachers/tf_checkpoint.py", "teachers/weights.py",
-         "teachers/{name}.py"],
+        [
+            "extract/*.py",
+            "teachers/__init__.py",
+            "teachers/tf_checkpoint.py",
+            "teachers/weights.py",
+            "teachers/{name}.py",
+        ],
     ),
     "train": (
         ["DATASET", "TEACHER", "STUDENT", "FRONTEND", "LOSS", "LAMBDA", "KD", "SETTINGS"],

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import pipeline.extract.local
-from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, extraction, on_the_fly, scaling, steps
 from pipeline.bench.corpus import make_corpus
+from pipeline.data.audio import load_audio
 
 
 def _ctx(tmp_path, **kwargs) -> BenchContext:

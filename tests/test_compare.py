@@ -21,7 +21,6 @@ import pipeline
 from pipeline.evaluate.arms import collect_arms, compare_runs, context_title
 from pipeline.evaluate.compare import check_settings, comparison_configs
 from pipeline.evaluate.comparison_report import HEADER, comparison_json, verdict, write_comparison
-from pipeline.train.config import RECIPE, ConfigError, train_config
 from pipeline.evaluate.evaluation import (
     PREDICTIONS,
     load_predictions,
@@ -31,6 +30,7 @@ from pipeline.evaluate.evaluation import (
 )
 from pipeline.evaluate.metrics import mean_average_precision
 from pipeline.evaluate.report import write_report
+from pipeline.train.config import RECIPE, ConfigError, train_config
 
 CLASSES = ["bass", "drums", "piano", "voice"]
 CLIPS = 60

@@ -27,7 +27,9 @@ def test_openmic_preset_has_the_papers_settings() -> None:
     )
     assert (cfg.plateau_factor, cfg.plateau_patience, cfg.early_stop_patience) == (0.2, 8, 15)
     assert (cfg.mixup_alpha, cfg.specaug_freq, cfg.specaug_time) == (0.3, 48, 192)
-    assert cfg.band_jitter  # approximated on cached mels (pipeline.extract.melbanks.jitter_mel_bands)
+    assert (
+        cfg.band_jitter
+    )  # approximated on cached mels (pipeline.extract.melbanks.jitter_mel_bands)
     assert (cfg.grad_clip, cfg.seed) == (1.0, 1223)
     # Length in optimiser steps, no epoch cap (official max_steps 80000, max_epochs -1).
     assert (cfg.max_steps, cfg.max_epochs) == (80_000, None)

@@ -30,14 +30,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.train.config import ConfigError, train_config
-from pipeline.train.distributed import Processes, per_process_batch, processes_from_env
-from pipeline.extract.frontends import create_frontend
-from pipeline.train.loader import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
 from pipeline.data.manifest import make_manifest
+from pipeline.extract.frontends import create_frontend
 from pipeline.paths import manifest_path, store_path
 from pipeline.stores.zarr_store import open_store
 from pipeline.students import create_student
+from pipeline.train.config import ConfigError, train_config
+from pipeline.train.distributed import Processes, per_process_batch, processes_from_env
+from pipeline.train.loader import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
 from pipeline.train.loop import train
 
 DATASET = "toy"

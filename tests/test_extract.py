@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.extract.local import ExtractionError, extract
 from pipeline.data.manifest import make_manifest
+from pipeline.extract.local import ExtractionError, extract
 from pipeline.stores.zarr_store import read_store
 from pipeline.teachers import Teacher
 

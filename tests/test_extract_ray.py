@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.extract.local import extract
 from pipeline.data.manifest import Manifest, make_manifest
+from pipeline.extract.local import extract
 from pipeline.stores.zarr_store import read_store
 from pipeline.teachers import create_teacher
 

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from pipeline.data.audio import load_audio
-from pipeline.extract.local import extract
+from pipeline.data.manifest import make_manifest
 from pipeline.extract.frontends import (
     FRONTENDS,
     RECIPE,
@@ -31,7 +31,7 @@ from pipeline.extract.frontends import (
     mel_filterbank,
     num_frames,
 )
-from pipeline.data.manifest import make_manifest
+from pipeline.extract.local import extract
 from pipeline.extract.melbanks import jitter_mel_bands, kaldi_mel_filterbank, warp_mel_bands
 from pipeline.stores.zarr_store import read_store
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.train.config import ConfigError, train_config
 from pipeline.data.fractions import SUBSET_STREAM, labelled_subset
+from pipeline.train.config import ConfigError, train_config
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 SEEDS = (0, 1, 1223, 2024)

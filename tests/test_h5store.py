@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import cli
-from pipeline.stores.h5_store import H5ClipStore, export_h5
-from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate
 from pipeline.data.manifest import make_manifest
 from pipeline.paths import h5_store_path, locate_store, manifest_path, read_manifest, store_path
+from pipeline.stores.h5_store import H5ClipStore, export_h5
 from pipeline.stores.zarr_store import ClipStore, StoreError, open_store, read_store
+from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate
 from pipeline.train.loop import store_paths
 
 DATASET = "toy"
@@ -342,8 +342,8 @@ def test_cli_export_prints_path_and_sizes(data_dir, capsys):
 
 
 def test_train_and_evaluate_on_h5_only_stores(data_dir, exported, tmp_path):
-    from pipeline.train.config import train_config
     from pipeline.evaluate.evaluation import evaluate_all
+    from pipeline.train.config import train_config
     from pipeline.train.loop import train
 
     h5_dir = _h5_only_dir(data_dir, exported, tmp_path)

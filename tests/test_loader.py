@@ -15,6 +15,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.data.manifest import make_manifest
+from pipeline.stores.zarr_store import StoreError, open_store
 from pipeline.train.loader import (
     ClipDataset,
     MixupBatchSampler,
@@ -24,8 +26,6 @@ from pipeline.train.loader import (
     mixup,
     spec_augment,
 )
-from pipeline.data.manifest import make_manifest
-from pipeline.stores.zarr_store import StoreError, open_store
 
 CLASSES = ["guitar", "piano", "voice"]
 IDS = [f"song/{i:03d}" for i in range(10)]

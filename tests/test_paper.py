@@ -15,9 +15,9 @@ import pytest
 from stand_ins import WRITE_WEIGHTS, write_openmic_release
 
 from pipeline.evaluate.arms import Arm, Context, Row
-from pipeline.train.config import ConfigError
 from pipeline.evaluate.paper import PAPER_TEACHERS, PUBLISHED, paper_configs, paper_table
 from pipeline.evaluate.stats import ArmResult, Estimate
+from pipeline.train.config import ConfigError
 
 # -- A: the runs of the table ------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.data.audio import load_audio
 from pipeline.cli import main
+from pipeline.data.audio import load_audio
 from pipeline.extract.frontends import MelFrontEnd
 from pipeline.inference.predict import (
     FrontEndChangedWarning,

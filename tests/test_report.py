@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from pipeline.train.config import RECIPE
 from pipeline.evaluate.report import collect_runs, comparison_table, write_report
+from pipeline.train.config import RECIPE
 
 CLASSES = ["accordion", "banjo", "bass", "cello", "clarinet"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

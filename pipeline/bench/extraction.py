@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, device_name, error_figure
 from pipeline.bench.corpus import make_corpus
-from pipeline.extract.local import extract
+from pipeline.data.audio import load_audio
 from pipeline.data.manifest import Manifest
+from pipeline.extract.local import extract
 from pipeline.teachers import Teacher, create_teacher
 
 FULL_CLIPS = 256

@@ -43,14 +43,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, device_name, error_figure, median_seconds
 from pipeline.bench.corpus import make_corpus
 from pipeline.bench.stores import build_stores
-from pipeline.extract.frontends import MelSpectrogram, frontend_config
-from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate
+from pipeline.data.audio import load_audio
 from pipeline.data.manifest import Manifest
+from pipeline.extract.frontends import MelSpectrogram, frontend_config
 from pipeline.stores.zarr_store import COMPLETE_MARKER, read_store
+from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate
 
 BATCH_SIZE = 32
 FULL_CLIPS = 2000

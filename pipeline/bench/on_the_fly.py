@@ -51,17 +51,17 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from pipeline.data.audio import load_audio
 from pipeline.bench import BenchContext, Figure, device_name, measure_cases, median_seconds
 from pipeline.bench.corpus import make_corpus
-from pipeline.train.config import TrainConfig
-from pipeline.extract.local import Encoder, extract, max_frames_for
-from pipeline.extract.frontends import MelFrontEnd, create_frontend
-from pipeline.train.loader import ClipDataset, ShardAwareSampler, _fit_frames, collate
+from pipeline.data.audio import load_audio
 from pipeline.data.manifest import Manifest
+from pipeline.extract.frontends import MelFrontEnd, create_frontend
+from pipeline.extract.local import Encoder, extract, max_frames_for
 from pipeline.stores.zarr_store import COMPLETE_MARKER, StoreError, read_store
 from pipeline.students import Student, create_student
 from pipeline.teachers import Teacher, create_teacher
+from pipeline.train.config import TrainConfig
+from pipeline.train.loader import ClipDataset, ShardAwareSampler, _fit_frames, collate
 from pipeline.train.loop import train_one_epoch
 
 FULL_CLIPS = 128

@@ -122,9 +122,9 @@ def job_extract(manifest_path: Path, store: Path, workers: int, device: str) -> 
     An untimed extract() of the first batch into a scratch store comes first: it starts the
     decode workers (joblib keeps them), a fixed cost that would otherwise swamp small N.
     """
-    from pipeline.extract.local import extract
-    from pipeline.extract.frontends import create_frontend
     from pipeline.data.manifest import Manifest
+    from pipeline.extract.frontends import create_frontend
+    from pipeline.extract.local import extract
 
     manifest = Manifest.read(manifest_path)
     frontend = create_frontend(FRONTEND, device=device)
@@ -154,10 +154,10 @@ def job_train(
     from tqdm.auto import tqdm
 
     from pipeline.bench.on_the_fly import store_loader
-    from pipeline.train.config import TrainConfig
-    from pipeline.train.loader import ClipDataset
     from pipeline.data.manifest import Manifest
     from pipeline.students import create_student
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.loader import ClipDataset
     from pipeline.train.loop import train_one_epoch
 
     manifest = Manifest.read(manifest_path)

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bench import BenchContext
-from pipeline.extract.local import extract
-from pipeline.extract.frontends import create_frontend
 from pipeline.data.manifest import Manifest
+from pipeline.extract.frontends import create_frontend
+from pipeline.extract.local import extract
 from pipeline.stores.zarr_store import StoreError, open_store, read_store
 
 TEACHER_FRAMES = 11

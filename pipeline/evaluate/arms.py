@@ -21,9 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.train.config import of_current_recipe
 from pipeline.evaluate.evaluation import PREDICTIONS, load_predictions
-from pipeline.evaluate.stats import ArmResult, ArmScores, arm_result, bootstrap_counts, paired_difference
+from pipeline.evaluate.stats import (
+    ArmResult,
+    ArmScores,
+    arm_result,
+    bootstrap_counts,
+    paired_difference,
+)
+from pipeline.train.config import of_current_recipe
 
 # Bootstrap resamples of the test clips, and their seed (the same resamples for every arm).
 DRAWS = 1000

@@ -17,11 +17,11 @@ from typing import Any
 
 from pipeline.evaluate.arms import compare_runs
 from pipeline.evaluate.comparison_report import comparison_text
+from pipeline.evaluate.evaluation import evaluate_all
+from pipeline.evaluate.report import write_report
+from pipeline.paths import runs_path
 from pipeline.train.config import ConfigError, TrainConfig, train_config
 from pipeline.train.distributed import process_device, process_group, processes_from_env
-from pipeline.evaluate.evaluation import evaluate_all
-from pipeline.paths import runs_path
-from pipeline.evaluate.report import write_report
 from pipeline.train.loop import resolve_device, train
 
 # Settings a comparison sets itself, and the options that set them instead.

@@ -30,15 +30,7 @@ from torch.utils.data import DataLoader
 
 import pipeline.train.probe
 import pipeline.train.schedule
-from pipeline.train.config import (
-    RECIPE,
-    TrainConfig,
-    of_current_recipe,
-    paper_probe_lr,
-    probe_standardises,
-)
 from pipeline.data.fractions import labelled_subset
-from pipeline.train.loader import ClipDataset, collate
 from pipeline.data.manifest import Manifest
 from pipeline.evaluate.metrics import (
     average_precision,
@@ -49,10 +41,18 @@ from pipeline.evaluate.metrics import (
     roc_auc,
 )
 from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
-from pipeline.train.probe import fit_probe
 from pipeline.stores.zarr_store import read_store
 from pipeline.students import create_student
+from pipeline.train.config import (
+    RECIPE,
+    TrainConfig,
+    of_current_recipe,
+    paper_probe_lr,
+    probe_standardises,
+)
+from pipeline.train.loader import ClipDataset, collate
 from pipeline.train.loop import predict_logits, resolve_device
+from pipeline.train.probe import fit_probe
 
 FIXED_THRESHOLD = 0.4
 PREDICTIONS = "predictions.npz"

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline.evaluate.arms import Context, Row, compare_runs
-from pipeline.train.config import ConfigError, TrainConfig
-from pipeline.train.losses import east_loss
 from pipeline.data.manifest import Manifest
+from pipeline.evaluate.arms import Context, Row, compare_runs
 from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
 from pipeline.stores.zarr_store import read_store
 from pipeline.students import create_student
+from pipeline.train.config import ConfigError, TrainConfig
+from pipeline.train.losses import east_loss
 
 PAPER_TEACHERS = ("vggish", "openl3", "passt", "panns")
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipeline.data.manifest import Manifest
 from pipeline.extract.local import (
     Encoder,
     ExtractSummary,
@@ -35,7 +36,6 @@ from pipeline.extract.local import (
     open_encoder_store,
     write_results,
 )
-from pipeline.data.manifest import Manifest
 from pipeline.stores.zarr_store import open_for_writing
 
 

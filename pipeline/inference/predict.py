@@ -36,10 +36,11 @@ import torch
 
 from pipeline.data.audio import AudioError, load_audio
 from pipeline.extract.frontends import MelFrontEnd, create_frontend
-from pipeline.train.loader import _fit_frames
 from pipeline.paths import mel_store_name
-from pipeline.stores.zarr_store import fingerprint_diff, read_store
+from pipeline.stores.fingerprint import fingerprint_diff
+from pipeline.stores.zarr_store import read_store
 from pipeline.students import Student, create_student
+from pipeline.train.loader import _fit_frames
 
 __all__ = [
     "CHECKPOINT_NAME",

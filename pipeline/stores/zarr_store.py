@@ -42,6 +42,8 @@ import zarr
 from numcodecs import Zstd
 from zarr.codecs import ZstdCodec
 
+from pipeline.stores.fingerprint import canonical, fingerprint_diff
+
 if TYPE_CHECKING:
     from pipeline.stores.h5_store import H5ClipStore
 
@@ -51,21 +53,6 @@ COMPLETE_MARKER = "COMPLETE"
 
 class StoreError(RuntimeError):
     """A store that cannot be used for the request (stale, incomplete, other clips)."""
-
-
-def _canonical(value: Any) -> Any:
-    """JSON round trip, so tuples/lists and int/float keys compare as they are stored."""
-    return json.loads(json.dumps(value, sort_keys=True))
-
-
-def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two fingerprints, one line per key."""
-    old, new = _canonical(old), _canonical(new)
-    return [
-        f"{key}: {old.get(key, '<absent>')!r} → {new.get(key, '<absent>')!r}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
-    ]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -646,7 +633,7 @@ def open_store(
     group.attrs.update(
         {
             "format": STORE_FORMAT,
-            "fingerprint": _canonical(fingerprint),
+            "fingerprint": canonical(fingerprint),
             "layout": layout,
         }
     )

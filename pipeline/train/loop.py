@@ -60,6 +60,14 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 from tqdm.auto import tqdm
 
 import pipeline
+from pipeline.data.fractions import labelled_subset
+from pipeline.data.manifest import clip_difference
+from pipeline.evaluate.metrics import label_frequency_map, mean_average_precision
+from pipeline.extract.frontends import frontend_config
+from pipeline.extract.melbanks import jitter_mel_bands
+from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest, runs_path
+from pipeline.stores.zarr_store import StoreError, read_store
+from pipeline.students import Student, count_parameters, create_student
 from pipeline.train.config import RECIPE, ConfigError, TrainConfig, probe_standardises
 from pipeline.train.distributed import (
     Processes,
@@ -71,8 +79,6 @@ from pipeline.train.distributed import (
     process_group,
     processes_from_env,
 )
-from pipeline.extract.frontends import frontend_config
-from pipeline.data.fractions import labelled_subset
 from pipeline.train.loader import (
     ClipDataset,
     EvenShardSampler,
@@ -83,14 +89,8 @@ from pipeline.train.loader import (
     spec_augment,
 )
 from pipeline.train.losses import east_loss
-from pipeline.data.manifest import clip_difference
-from pipeline.extract.melbanks import jitter_mel_bands
-from pipeline.evaluate.metrics import label_frequency_map, mean_average_precision
-from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest, runs_path
 from pipeline.train.probe import LinearProbe, fit_probe
 from pipeline.train.schedule import Review, review
-from pipeline.stores.zarr_store import StoreError, read_store
-from pipeline.students import Student, count_parameters, create_student
 
 
 @dataclass(frozen=True)

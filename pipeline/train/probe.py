@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.train.losses import masked_bce
 from pipeline.evaluate.metrics import mean_average_precision
+from pipeline.train.losses import masked_bce
 from pipeline.train.schedule import best_epoch, review
 
 
