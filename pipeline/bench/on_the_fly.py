@@ -61,7 +61,7 @@ from pipeline.stores.zarr_store import COMPLETE_MARKER, StoreError, read_store
 from pipeline.students import Student, create_student
 from pipeline.teachers import Teacher, create_teacher
 from pipeline.train.config import TrainConfig
-from pipeline.train.loader import ClipDataset, ShardAwareSampler, _fit_frames, collate
+from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate, fit_frames
 from pipeline.train.loop import train_one_epoch
 
 FULL_CLIPS = 128
@@ -177,7 +177,7 @@ class AudioClips(Dataset):
             self.paths[i], (self.teacher_rate_hz, self.frontend.sample_rate_hz)
         )
         [mel] = self.frontend.embed([student_wave])  # (frames, n_mels)
-        mel = np.ascontiguousarray(_fit_frames(mel, self.mel_frames).T, dtype=np.float32)
+        mel = np.ascontiguousarray(fit_frames(mel, self.mel_frames).T, dtype=np.float32)
         return {
             "wave": wave,
             "mel": torch.from_numpy(mel),
@@ -204,7 +204,7 @@ def with_teacher(
     """Batches of ``loader`` with ``teachers`` = [(N, frames, D)] computed now by ``teacher``."""
     for batch in loader:
         embeddings = teacher.embed(batch.pop("waves"))
-        stacked = np.stack([_fit_frames(e, frames) for e in embeddings]).astype(np.float32)
+        stacked = np.stack([fit_frames(e, frames) for e in embeddings]).astype(np.float32)
         yield {**batch, "teachers": [torch.from_numpy(stacked)]}
 
 

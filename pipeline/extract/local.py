@@ -92,7 +92,7 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
-def _decode(
+def decode_clips(
     clips: Sequence[tuple[str, str]],
     sr_hz: int,
     min_duration_s: float,
@@ -128,7 +128,7 @@ def _die_with_parent() -> None:
 def _decoded(
     tasks: Iterable[tuple[Any, ...]], jobs: int, ahead: int
 ) -> Iterator[list[np.ndarray | str]]:
-    """``_decode(*task)`` of each task, in order; at most ``ahead`` tasks in flight.
+    """``decode_clips(*task)`` of each task, in order; at most ``ahead`` tasks in flight.
 
     A task is submitted only when the consumer takes a result: joblib's generator output
     would decode everything ahead of a slower teacher and hold it all in memory. With
@@ -136,17 +136,17 @@ def _decoded(
     """
     tasks = iter(tasks)
     if jobs <= 1:
-        yield from (_decode(*task) for task in tasks)
+        yield from (decode_clips(*task) for task in tasks)
         return
     # joblib's own reusable worker pool, the one its Parallel shares (idle workers exit after
     # 300 s); a pool of another class would clash with Parallel's in the same process.
     executor = get_memmapping_executor(jobs, timeout=300, initializer=_die_with_parent)
-    pending = deque(executor.submit(_decode, *task) for task in islice(tasks, ahead))
+    pending = deque(executor.submit(decode_clips, *task) for task in islice(tasks, ahead))
     try:
         while pending:
             result = pending.popleft().result()
             if (task := next(tasks, None)) is not None:
-                pending.append(executor.submit(_decode, *task))
+                pending.append(executor.submit(decode_clips, *task))
             yield result
     finally:  # the consumer stopped early: drop what has not started
         for future in pending:

@@ -30,7 +30,7 @@ from pipeline.data.manifest import Manifest
 from pipeline.extract.local import (
     Encoder,
     ExtractSummary,
-    _decode,
+    decode_clips,
     embed_shard,
     finish,
     open_encoder_store,
@@ -56,7 +56,7 @@ def _decode_shard(
     """A shard's clips decoded: all waveforms end to end, their lengths (-1: failed) and the
     failures' causes (JSON, by position in the shard)."""
     clips = list(zip(row["clip_ids"], row["paths"], strict=True))
-    waves = _decode(clips, sr_hz, min_duration_s, max_duration_s)
+    waves = decode_clips(clips, sr_hz, min_duration_s, max_duration_s)
     ok = [w for w in waves if not isinstance(w, str)]
     return {
         "shard": row["shard"],

@@ -7,7 +7,7 @@
 
 A student is trained on items of exactly ``mel_frames`` frames (``config["mel_frames"]``): clips
 shorter than that are repeated from their start, longer ones are cropped to their beginning
-(:func:`pipeline.train.loader._fit_frames`). Prediction presents windows of the same length:
+(:func:`pipeline.train.loader.fit_frames`). Prediction presents windows of the same length:
 
 * the log-mel of the whole file is computed once, with the run's front end;
 * a file of at most ``mel_frames`` frames gives one window, padded the training way (wrap);
@@ -40,7 +40,7 @@ from pipeline.paths import mel_store_name
 from pipeline.stores.fingerprint import fingerprint_diff
 from pipeline.stores.zarr_store import read_store
 from pipeline.students import Student, create_student
-from pipeline.train.loader import _fit_frames
+from pipeline.train.loader import fit_frames
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -206,7 +206,7 @@ class Predictor:
     def windows(self, mel: np.ndarray) -> np.ndarray:
         """(frames, n_mels) → (n_windows, n_mels, mel_frames) model inputs; see the module doc."""
         if len(mel) <= self.mel_frames:
-            items = [_fit_frames(mel, self.mel_frames)]
+            items = [fit_frames(mel, self.mel_frames)]
         else:
             items = [mel[s : s + self.mel_frames] for s in window_starts(len(mel), self.mel_frames)]
         return np.ascontiguousarray(np.stack(items).transpose(0, 2, 1), dtype=np.float32)

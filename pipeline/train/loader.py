@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 
-def _fit_frames(array: np.ndarray, frames: int) -> np.ndarray:
+def fit_frames(array: np.ndarray, frames: int) -> np.ndarray:
     """(t, D) → (frames, D): the first ``frames`` rows, repeating from the start when t < frames."""
     return array[np.arange(frames) % len(array)]
 
@@ -236,7 +236,7 @@ class ClipDataset(Dataset):
 
 
 def _fit_block(block: np.ndarray, n_frames: np.ndarray, frames: int) -> np.ndarray:
-    """(B, T_max, D) zero-padded clips → (B, frames, D), each clip as :func:`_fit_frames` fits it.
+    """(B, T_max, D) zero-padded clips → (B, frames, D), each clip as :func:`fit_frames` fits it.
 
     Clips with at least ``frames`` frames are cut; shorter ones repeat from their start. When
     every clip is long enough the result is a view of ``block``.
