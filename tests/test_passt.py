@@ -20,10 +20,11 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from stand_ins import write_passt_weights
 from test_features import load_torchaudio_kaldi
 from torch import nn
 
-from pipeline.extract.frontends import log_mel_code_digest
+from pipeline.extract.frontends import OUTPUT_VERSION as MEL_OUTPUT_VERSION
 from pipeline.teachers import MissingWeightsError, create_teacher, file_sha256
 from pipeline.teachers.passt import (
     ARCH,
@@ -32,7 +33,6 @@ from pipeline.teachers.passt import (
     WEIGHTS_URL,
     InvalidWeightsError,
     PasstTeacher,
-    build_passt,
     log_mel,
     passt_mel_basis,
     passt_models,
@@ -102,18 +102,7 @@ def torch_home(tmp_path_factory):
 def checkpoint(torch_home):
     """Random weights (LayerNorms and position embeddings off their initial values) saved as a
     plain state dict where timm caches the release file: $TORCH_HOME/hub/checkpoints/."""
-    torch.manual_seed(0)
-    model = build_passt()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-        model.time_new_pos_embed.normal_(0.0, 0.3)
-        model.freq_new_pos_embed.normal_(0.0, 0.3)
-    path = torch_home / "hub" / "checkpoints" / WEIGHTS_FILE
-    path.parent.mkdir(parents=True)
-    torch.save(model.state_dict(), path)
+    path = write_passt_weights(torch_home / "hub" / "checkpoints")
     yield path
     path.unlink()
 
@@ -384,7 +373,7 @@ def test_fingerprint_names_mode_windows_and_weights(teacher, all_teacher, checkp
     assert fingerprint["weights_sha256"] == file_sha256(checkpoint)
     assert fingerprint["hear21passt"] == "0.0.26"
     assert "load_shift" not in fingerprint and "load_scale" not in fingerprint  # paper: none
-    assert fingerprint["mel_code"] == log_mel_code_digest()  # the shared front-end code
+    assert fingerprint["mel_version"] == MEL_OUTPUT_VERSION  # the shared front-end code
     other = all_teacher.fingerprint()
     changed = {k for k in fingerprint if fingerprint[k] != other[k]}
     assert changed == {"mode", "dim", "window_ms", "hop_ms", "hop_s"}

@@ -34,15 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.teachers import (
-    InvalidWeightsError,
-    Teacher,
-    describe,
-    file_sha256,
-    register_teacher,
-    resolve_weights,
-    state_problems,
-)
+from pipeline.fileio import file_sha256
+from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.weights import InvalidWeightsError, describe, resolve_weights, state_problems
 
 SAMPLE_RATE_HZ = 44_100
 N_FFT = 2048
@@ -259,7 +253,7 @@ def resolve_checkpoint(weights: str | os.PathLike | None) -> Path:
 # --- teacher ----------------------------------------------------------------------------------
 
 
-@register_teacher("aisfx")
+@register_teacher
 class AisfxTeacher(Teacher):
     """aiSFX embeddings (512-d), one frame per 2.32 s block, every 1.161 s.
 
@@ -272,6 +266,9 @@ class AisfxTeacher(Teacher):
     batch_size : int
         Blocks per network call; on CPU each needs about 20 MB of activations.
     """
+
+    # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
+    output_version = 1
 
     sample_rate_hz = SAMPLE_RATE_HZ
     hop_s = BLOCK_HOP_FRAMES * HOP / SAMPLE_RATE_HZ

@@ -49,7 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.teachers import InvalidWeightsError, MissingWeightsError, Teacher, file_sha256
+from pipeline.fileio import file_sha256
+from pipeline.teachers.base import Teacher
+from pipeline.teachers.weights import InvalidWeightsError, MissingWeightsError
 
 LAYERS = ("timestamp", "scene")
 API_FUNCTIONS = ("load_model", "get_timestamp_embeddings", "get_scene_embeddings")
@@ -161,6 +163,9 @@ class HearTeacher(Teacher):
     hop_s : seconds between timestamps, measured at construction; None for ``"scene"``
     module, model : the imported module and the model its ``load_model`` returned
     """
+
+    # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
+    output_version = 1
 
     def __init__(
         self,

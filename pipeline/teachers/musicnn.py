@@ -26,14 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.teachers import (
-    MissingWeightsError,
-    Teacher,
-    file_sha256,
-    register_teacher,
-    resolve_weights,
-)
-from pipeline.teachers.tf_checkpoint import read_checkpoint
+from pipeline.fileio import file_sha256
+from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.tf_checkpoint import batch_norm_state, read_checkpoint
+from pipeline.teachers.weights import MissingWeightsError, resolve_weights
 
 SAMPLE_RATE_HZ = 16_000
 N_FFT = 512
@@ -178,15 +174,6 @@ def _tf_conv_kernel(kernel: np.ndarray, conv_dims: int) -> np.ndarray:
     return kernel.transpose(3, 2, 0, 1)
 
 
-def _bn_state(tf: dict[str, np.ndarray], prefix: str, name: str) -> dict[str, np.ndarray]:
-    return {
-        f"{prefix}.weight": tf[f"{name}/gamma"],
-        f"{prefix}.bias": tf[f"{name}/beta"],
-        f"{prefix}.running_mean": tf[f"{name}/moving_mean"],
-        f"{prefix}.running_var": tf[f"{name}/moving_variance"],
-    }
-
-
 def state_dict_from_tf(tf: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Map musicnn's checkpoint variables onto :class:`MusicnnNet` parameter names."""
     state: dict[str, np.ndarray] = {}
@@ -194,9 +181,9 @@ def state_dict_from_tf(tf: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         conv_dims = 1 if prefix.startswith("midend") else 2
         state[f"{prefix}.0.weight"] = _tf_conv_kernel(tf[f"{conv}/kernel"], conv_dims)
         state[f"{prefix}.0.bias"] = tf[f"{conv}/bias"]
-        state.update(_bn_state(tf, f"{prefix}.2", bn))
+        state.update(batch_norm_state(tf, f"{prefix}.2", bn))
     for prefix, bn in _TF_BATCH_NORMS.items():
-        state.update(_bn_state(tf, prefix, bn))
+        state.update(batch_norm_state(tf, prefix, bn))
     for prefix, dense in _TF_DENSE.items():
         state[f"{prefix}.weight"] = tf[f"{dense}/kernel"].T
         state[f"{prefix}.bias"] = tf[f"{dense}/bias"]
@@ -317,7 +304,7 @@ def resolve_checkpoint(weights: str | os.PathLike | None, model: str) -> tuple[P
 # --- teacher ----------------------------------------------------------------------------------
 
 
-@register_teacher("musicnn")
+@register_teacher
 class MusicnnTeacher(Teacher):
     """musicnn embeddings, one frame per 2.992 s patch.
 
@@ -326,6 +313,9 @@ class MusicnnTeacher(Teacher):
     tagging objective) or ``taggram`` (the 50 tag probabilities). ``batch_size`` patches go
     through the network at once; on CPU each needs about 30 MB of activations.
     """
+
+    # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
+    output_version = 1
 
     sample_rate_hz = SAMPLE_RATE_HZ
     hop_s = PATCH_FRAMES * HOP / SAMPLE_RATE_HZ

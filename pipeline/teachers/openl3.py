@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.teachers import (
+from pipeline.fileio import file_sha256
+from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.weights import (
     InvalidWeightsError,
-    Teacher,
-    file_sha256,
     read_checkpoint,
-    register_teacher,
     resolve_weights,
     state_problems,
 )
@@ -181,7 +180,7 @@ def _choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     return value
 
 
-@register_teacher("openl3")
+@register_teacher
 class OpenL3Teacher(Teacher):
     """OpenL3 at 48 kHz: one embedding per 1 s window, every ``hop_s`` seconds.
 
@@ -200,6 +199,9 @@ class OpenL3Teacher(Teacher):
 
     Numeric and boolean options also accept their text form (``"512"``, ``"0.5"``, ``"false"``).
     """
+
+    # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
+    output_version = 1
 
     sample_rate_hz = SAMPLE_RATE_HZ
     min_duration_s = 0.0

@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.teachers import (
+from pipeline.fileio import file_sha256
+from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.weights import (
     InvalidWeightsError,
-    Teacher,
     describe,
-    file_sha256,
     read_checkpoint,
-    register_teacher,
     resolve_weights,
     state_problems,
 )
@@ -111,7 +110,7 @@ def load_cnn14(path: Path) -> nn.Module:
     return model
 
 
-@register_teacher("panns")
+@register_teacher
 class PannsTeacher(Teacher):
     """PANNs Cnn14 at 32 kHz: 2048-d clip embeddings or frame features every 0.32 s.
 
@@ -122,6 +121,9 @@ class PannsTeacher(Teacher):
     layer : ``"clip"`` (one frame per clip) or ``"frames"`` (T = ``num_frames(n)`` frames)
     batch_size : int > 0 -- clips of equal length run together, at most this many at a time
     """
+
+    # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
+    output_version = 1
 
     sample_rate_hz = SAMPLE_RATE_HZ
     dim = DIM

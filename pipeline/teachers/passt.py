@@ -48,19 +48,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.extract.frontends import (
+    OUTPUT_VERSION as MEL_OUTPUT_VERSION,
+)
+from pipeline.extract.frontends import (
     MelConfig,
-    log_mel_code_digest,
     log_mel_spectrogram,
     mel_filterbank,
     num_frames,
 )
-from pipeline.teachers import (
+from pipeline.fileio import file_sha256
+from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.weights import (
     InvalidWeightsError,
-    Teacher,
     describe,
-    file_sha256,
     read_checkpoint,
-    register_teacher,
     resolve_weights,
     state_problems,
 )
@@ -269,7 +270,7 @@ def time_patches(window_samples: int) -> int:
 # --- teacher ------------------------------------------------------------------------------------
 
 
-@register_teacher("passt")
+@register_teacher
 class PasstTeacher(Teacher):
     """PaSST timestamp embeddings at 32 kHz: one frame per ``hop_ms`` (0.96 s by default).
 
@@ -288,6 +289,9 @@ class PasstTeacher(Teacher):
     (a 10 s clip: 11). Clips of at most window/2 samples cannot be mirrored that far;
     :meth:`embed` zero-pads them to ``pad_below_s`` first.
     """
+
+    # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
+    output_version = 1
 
     sample_rate_hz = SAMPLE_RATE_HZ
     min_duration_s = 0.0
@@ -339,8 +343,8 @@ class PasstTeacher(Teacher):
             "hop_ms": self.hop_ms,
             "weights_sha256": self.weights_sha256,
             "hear21passt": importlib.metadata.version("hear21passt"),
-            # The shared front-end code (pipeline.extract.frontends, pipeline.extract.melbanks) that log_mel runs.
-            "mel_code": log_mel_code_digest(),
+            # The version of the log-mel code shared with the students' front ends.
+            "mel_version": MEL_OUTPUT_VERSION,
         }
 
     def num_frames(self, n_samples: int) -> int:

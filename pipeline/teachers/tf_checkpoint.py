@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.teachers import InvalidWeightsError
+from pipeline.teachers.weights import InvalidWeightsError
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_BYTES = 48
@@ -233,3 +233,24 @@ def read_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
         flat = np.frombuffer(data, dtype=entry.dtype, count=count, offset=entry.offset)
         tensors[name] = flat.reshape(entry.shape).astype(entry.dtype.newbyteorder("="))
     return tensors
+
+
+def batch_norm_state(tf: dict[str, np.ndarray], prefix: str, name: str) -> dict[str, np.ndarray]:
+    """A TF batch-norm layer's variables under PyTorch ``BatchNorm`` parameter names.
+
+    Parameters
+    ----------
+    tf : variable name → array, as :func:`read_checkpoint` returns them
+    prefix : the PyTorch module's name in the state dict, e.g. ``"midend.0.2"``
+    name : the TF layer's name, e.g. ``"batch_normalization_7"``
+
+    Returns
+    -------
+    dict -- ``<prefix>.weight`` (gamma), ``.bias`` (beta), ``.running_mean``, ``.running_var``
+    """
+    return {
+        f"{prefix}.weight": tf[f"{name}/gamma"],
+        f"{prefix}.bias": tf[f"{name}/beta"],
+        f"{prefix}.running_mean": tf[f"{name}/moving_mean"],
+        f"{prefix}.running_var": tf[f"{name}/moving_variance"],
+    }

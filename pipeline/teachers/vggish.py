@@ -38,13 +38,12 @@ from torch import nn
 from torchvggish import mel_features, vggish_params
 from torchvggish import torchvggish as vggish_model
 
-from pipeline.teachers import (
+from pipeline.fileio import file_sha256
+from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.weights import (
     InvalidWeightsError,
     MissingWeightsError,
-    Teacher,
-    file_sha256,
     read_checkpoint,
-    register_teacher,
     resolve_weights,
     state_problems,
 )
@@ -260,7 +259,7 @@ def _as_bool(value: bool | str | int, name: str) -> bool:
 # --- teacher ----------------------------------------------------------------------------------
 
 
-@register_teacher("vggish")
+@register_teacher
 class VggishTeacher(Teacher):
     """VGGish at 16 kHz: one 128-d frame per 0.96 s, PCA-whitened 8-bit codes by default.
 
@@ -276,6 +275,9 @@ class VggishTeacher(Teacher):
     pca : path to ``vggish_pca_params-970ea276.pth``; default ``$VGGISH_PCA``, then the folder of
         the network file. Ignored when ``postprocess`` is false.
     """
+
+    # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
+    output_version = 1
 
     sample_rate_hz = SAMPLE_RATE_HZ
     hop_s = PATCH_FRAMES * HOP / SAMPLE_RATE_HZ  # 0.96 s
