@@ -195,7 +195,8 @@ bench: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest -q
 
-# The long versions of tests/test_reliability.py (pytest's default options leave them out).
+# The long reliability runs, marked torture (tests/reliability/ and others; pytest's default
+# options leave them out).
 torture: $(INSTALLED)
 	$(PY) -m pytest -q -m torture
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 
-COMMON = ["__init__.py", "paths.py", "fileio.py", "cli.py", "stores/*.py", "data/*.py"]
+COMMON = ["__init__.py", "paths.py", "fileio.py", "cli*.py", "stores/*.py", "data/*.py"]
 STAGES: dict[str, tuple[list[str], list[str]]] = {
     # stage: (Make variables that are its parameters, source files it runs)
     "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS"], ["data/datasets/*.py"]),

@@ -1,4 +1,10 @@
-"""Shared test plumbing: the reliability tests' figures, printed at the end of the run."""
+"""Shared test plumbing: the reliability tests' figures, printed at the end of the run.
+
+Shared helpers are plain modules beside this file, importable from every test (this folder is
+on ``sys.path``): ``command_line`` runs ``python -m pipeline`` and makes sibling data folders;
+``stand_ins`` writes a miniature OpenMIC release and random teacher weights in each package's
+own checkpoint format. The reliability tests' own machinery is in ``reliability/harness.py``.
+"""
 
 from __future__ import annotations
 

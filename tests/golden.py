@@ -43,7 +43,7 @@ ENCODERS = (
 
 
 def golden_audio(sample_rate_hz: int) -> list[np.ndarray]:
-    """Two mono float32 clips (4.2 s and 3.3 s: above musicnn's 3 s patch): two chords of sines plus seeded noise.
+    """Two mono float32 clips (4.2 s and 3.3 s, above musicnn's 3 s patch): chords plus noise.
 
     Computed at the encoder's own rate, so that no resampler enters the comparison.
     """

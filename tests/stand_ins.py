@@ -2,8 +2,8 @@
 real audio, and random weights for the paper's four teachers in each package's own file format.
 
 Each ``write_*_weights`` saves a file that the teacher's loader accepts as the published one
-(the formats as in tests/test_<teacher>.py) and returns its path, to give to
-``pipeline extract ... --weights PATH``.
+and returns its path, to give to ``pipeline extract ... --weights PATH``; ``random_*`` builds
+the network it saves, which the teacher's own tests (tests/test_<teacher>.py) compare against.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def write_openmic_release(
     sample_rate: int = OPENMIC_SAMPLE_RATE,
     seed: int = 0,
 ) -> dict[str, list[str]]:
-    """An unpacked OpenMIC-2018 release in the real layout (see pipeline/datasets/openmic.py):
+    """An unpacked OpenMIC-2018 release in the real layout (see pipeline/data/datasets/openmic.py):
     ``openmic-2018.npz``, ``class-map.json``, ``partitions/split01_{train,test}.csv`` and
     ``audio/<key[:3]>/<key>.ogg`` (Vorbis, mono, ``seconds`` long).
 
@@ -96,6 +96,11 @@ def write_openmic_release(
 
 
 # --- random teacher weights, in the published files' formats -------------------------------------
+# One copy each: the teachers' own tests (tests/test_<teacher>.py) compare against the networks
+# ``random_*`` build, and save them with the ``write_*_weights`` below; the end-to-end tests call
+# the writers alone. The same seed gives the same weights.
+
+VGGISH_SAMPLE_RATE = 16000
 
 
 def _spread_batchnorms(model: torch.nn.Module) -> None:
@@ -109,13 +114,10 @@ def _spread_batchnorms(model: torch.nn.Module) -> None:
                 module.bias.normal_(0.0, 0.1)
 
 
-def write_vggish_weights(folder: Path, seed: int = 0) -> Path:
-    """``vggish-10086976.pth`` (the network's state dict) and, beside it, the PCA file
-    (numpy float64 ``pca_eigen_vectors`` and ``pca_means``), centred and scaled on a few noise
-    patches so that the 8-bit codes spread over 0..255 rather than saturate."""
+def random_vggish(seed: int = 0) -> torch.nn.Module:
+    """The torchvggish package's network (no post-processing) with random He-initialised
+    weights, so that its outputs vary from patch to patch; in eval mode."""
     from torchvggish import torchvggish as package_module
-
-    from pipeline.teachers.vggish import PCA_FILE, WEIGHTS_FILE
 
     torch.manual_seed(seed)
     model = package_module._vgg(postprocess=False).eval()
@@ -124,34 +126,93 @@ def write_vggish_weights(folder: Path, seed: int = 0) -> Path:
             if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
                 torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 module.bias.normal_(0.0, 0.05)
-        patches = torch.randn(8, 1, 96, 64, generator=torch.Generator().manual_seed(seed))
-        raw = model(patches).double().numpy()
-    rotation, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((128, 128)))
+    return model
+
+
+def vggish_calibration_clips() -> list[np.ndarray]:
+    """Four 2 s tones (110 Hz to 5 kHz) over noise, at 16 kHz: what the random PCA is centred
+    and scaled on."""
+    n = 2 * VGGISH_SAMPLE_RATE
+    t = np.arange(n) / VGGISH_SAMPLE_RATE
+    clips = []
+    for seed, hz in enumerate((110, 440, 1800, 5000)):
+        noise = 0.1 * np.random.default_rng(seed).standard_normal(n)
+        clips.append(
+            (0.3 * np.sin(2 * np.pi * hz * t) + noise.astype(np.float32)).astype(np.float32)
+        )
+    return clips
+
+
+def random_vggish_pca(network: torch.nn.Module, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random orthogonal PCA in the published file's format (numpy float64
+    ``pca_eigen_vectors`` and ``pca_means``), centred and scaled on
+    :func:`vggish_calibration_clips` so that the 8-bit codes spread over 0..255 rather than
+    saturate."""
+    from torchvggish import vggish_input
+
+    patches = torch.cat(
+        [
+            vggish_input.waveform_to_examples(c, VGGISH_SAMPLE_RATE)
+            for c in vggish_calibration_clips()
+        ]
+    )
+    with torch.no_grad():
+        raw = network(patches).double().numpy()
+    rotation, _ = np.linalg.qr(np.random.default_rng(seed + 1).standard_normal((128, 128)))
     means = raw.mean(axis=0)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / WEIGHTS_FILE)
     scale = max(float((raw - means).std()), 1e-6)
-    torch.save({"pca_eigen_vectors": rotation / scale, "pca_means": means}, folder / PCA_FILE)
+    return {"pca_eigen_vectors": rotation / scale, "pca_means": means}
+
+
+def write_vggish_weights(
+    folder: Path,
+    seed: int = 0,
+    *,
+    network: torch.nn.Module | None = None,
+    pca: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """``vggish-10086976.pth`` (the network's state dict) and, beside it, the PCA file; the
+    network and PCA given, or :func:`random_vggish` and :func:`random_vggish_pca` of ``seed``."""
+    from pipeline.teachers.vggish import PCA_FILE, WEIGHTS_FILE
+
+    network = random_vggish(seed) if network is None else network
+    pca = random_vggish_pca(network, seed) if pca is None else pca
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), folder / WEIGHTS_FILE)
+    torch.save(pca, folder / PCA_FILE)
     return folder / WEIGHTS_FILE
 
 
-def write_openl3_weights(folder: Path, seed: int = 0) -> Path:
-    """``torchopenl3_mel128_music_512.pth.tar``: the mel128/music/512 network's state dict."""
+OPENL3_WEIGHTS_FILE = "torchopenl3_mel128_music_512.pth.tar"
+
+
+def random_openl3(seed: int = 0) -> torch.nn.Module:
+    """mel128/music/512 OpenL3 with random weights and BatchNorm statistics far from 0 / 1; in
+    eval mode."""
     from pipeline.teachers.openl3 import build_openl3
 
     torch.manual_seed(seed)
     model = build_openl3("mel128", "music", 512)
     _spread_batchnorms(model)
-    path = folder / "torchopenl3_mel128_music_512.pth.tar"
+    return model.eval()
+
+
+def write_openl3_weights(
+    folder: Path, seed: int = 0, *, model: torch.nn.Module | None = None
+) -> Path:
+    """``torchopenl3_mel128_music_512.pth.tar``: the mel128/music/512 network's state dict
+    (``model``'s, or :func:`random_openl3` of ``seed``)."""
+    model = random_openl3(seed) if model is None else model
+    path = folder / OPENL3_WEIGHTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.eval().state_dict(), path)
+    torch.save(model.state_dict(), path)
     return path
 
 
-def write_passt_weights(folder: Path, seed: int = 0) -> Path:
-    """``passt-s-f128-p16-s10-ap.476-swa.pt``: a plain state dict of ``get_basic_model``'s
-    network (LayerNorms and position embeddings moved off their initial values)."""
-    from pipeline.teachers.passt import WEIGHTS_FILE, build_passt
+def random_passt(seed: int = 0) -> torch.nn.Module:
+    """``get_basic_model``'s network with random weights, its LayerNorms and position
+    embeddings moved off their initial values."""
+    from pipeline.teachers.passt import build_passt
 
     torch.manual_seed(seed)
     model = build_passt()
@@ -162,28 +223,55 @@ def write_passt_weights(folder: Path, seed: int = 0) -> Path:
                 module.bias.normal_(0.0, 0.1)
         model.time_new_pos_embed.normal_(0.0, 0.3)
         model.freq_new_pos_embed.normal_(0.0, 0.3)
+    return model
+
+
+def write_passt_weights(
+    folder: Path, seed: int = 0, *, model: torch.nn.Module | None = None
+) -> Path:
+    """``passt-s-f128-p16-s10-ap.476-swa.pt``: a plain state dict (``model``'s, or
+    :func:`random_passt` of ``seed``)."""
+    from pipeline.teachers.passt import WEIGHTS_FILE
+
+    model = random_passt(seed) if model is None else model
     path = folder / WEIGHTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
 
 
-def write_panns_weights(folder: Path, seed: int = 0) -> Path:
-    """``Cnn14_mAP=0.431.pth`` as published: ``{"iteration", "model": state dict, "sampler"}``
-    (the sampler's state holds numpy arrays, as the real file's does)."""
-    from pipeline.teachers.panns import WEIGHTS_FILE, build_cnn14
+def random_cnn14(seed: int = 0) -> torch.nn.Module:
+    """PANNs Cnn14 with random weights and BatchNorm statistics far from 0 / 1; in eval mode."""
+    from pipeline.teachers.panns import build_cnn14
 
     torch.manual_seed(seed)
     model = build_cnn14()
     _spread_batchnorms(model)
+    return model.eval()
+
+
+def panns_checkpoint(state: dict) -> dict:
+    """What the published checkpoints hold: ``{"iteration", "model": state, "sampler"}``, the
+    training sampler's state with numpy arrays in it, as the real file's has."""
     sampler = {
         "indexes_per_class": [np.arange(k, k + 3) for k in range(527)],
         "queue": [5, 1],
         "pointers_of_classes": [0] * 527,
     }
+    return {"iteration": 1, "model": state, "sampler": sampler}
+
+
+def write_panns_weights(
+    folder: Path, seed: int = 0, *, model: torch.nn.Module | None = None
+) -> Path:
+    """``Cnn14_mAP=0.431.pth`` as published (:func:`panns_checkpoint` of ``model``'s state dict,
+    or of :func:`random_cnn14` of ``seed``)."""
+    from pipeline.teachers.panns import WEIGHTS_FILE
+
+    model = random_cnn14(seed) if model is None else model
     path = folder / WEIGHTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"iteration": 1, "model": model.eval().state_dict(), "sampler": sampler}, path)
+    torch.save(panns_checkpoint(model.state_dict()), path)
     return path
 
 

@@ -14,10 +14,10 @@ import math
 import numpy as np
 import pytest
 
-import pipeline.extract.local
 from pipeline.bench import BenchContext, Figure, extraction, on_the_fly, scaling, steps
 from pipeline.bench.corpus import make_corpus
 from pipeline.data.audio import load_audio
+from pipeline.extract.decode import decode_ahead
 
 
 def _ctx(tmp_path, **kwargs) -> BenchContext:
@@ -140,7 +140,7 @@ def test_extract_decodes_a_bounded_number_of_batches_ahead(tmp_path):
             taken.append(i)
             yield [clips[i % 2]], 16_000, 0.0, None
 
-    results = pipeline.extract.local._decoded(tasks(), jobs=2, ahead=4)
+    results = decode_ahead(tasks(), jobs=2, ahead=4)
     for consumed in range(1, 13):
         [wave] = next(results)
         assert wave.shape == (16_000,)

@@ -1,14 +1,13 @@
 """Comparisons over seeds: arms from run folders (``pipeline.evaluate.arms``), their report
-(``pipeline.evaluate.comparison_report``), the configs of ``make compare`` (``pipeline.evaluate.compare``) and,
-slow, the ``compare`` command end to end on a tiny rendered demo dataset."""
+(``pipeline.evaluate.comparison_report``), the configs of ``make compare``
+(``pipeline.evaluate.compare``) and, slow, the ``compare`` command end to end on a tiny rendered
+demo dataset."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import warnings
 import zlib
@@ -16,20 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import run_cli
 
 import pipeline
 from pipeline.evaluate.arms import collect_arms, compare_runs, context_title
 from pipeline.evaluate.compare import check_settings, comparison_configs
 from pipeline.evaluate.comparison_report import HEADER, comparison_json, verdict, write_comparison
-from pipeline.evaluate.evaluation import (
-    PREDICTIONS,
-    load_predictions,
-    probe_folder,
-    save_predictions,
-    score_report,
-)
+from pipeline.evaluate.evaluation import probe_folder
 from pipeline.evaluate.metrics import mean_average_precision
 from pipeline.evaluate.report import write_report
+from pipeline.evaluate.scoring import PREDICTIONS, load_predictions, save_predictions, score_report
 from pipeline.train.config import RECIPE, ConfigError, train_config
 
 CLASSES = ["bass", "drums", "piano", "voice"]
@@ -527,24 +522,12 @@ E2E_CLIPS = 40
 E2E_SETTINGS = ("max_steps=1", "workers=0", "student_options={'base_channels': 8}")
 
 
-def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"pipeline {args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("data")
-    _cli(data, "data", "demo", "--clips", str(E2E_CLIPS))
-    _cli(data, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
-    _cli(data, "extract", "demo", "musicnn", "--quiet")
+    run_cli(data, "data", "demo", "--clips", str(E2E_CLIPS))
+    run_cli(data, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
+    run_cli(data, "extract", "demo", "musicnn", "--quiet")
     from pipeline.data.manifest import Manifest
     from pipeline.paths import manifest_path
 
@@ -562,7 +545,7 @@ def _student_runs(runs: Path) -> set[str]:
 def test_compare_trains_evaluates_reports_and_reuses_finished_runs(demo_data: Path) -> None:
     runs = demo_data / "runs" / "demo"
     compare = ("compare", "demo", "musicnn", *E2E_SETTINGS, "--no-kd", "--label-fractions")
-    out = _cli(demo_data, *compare, "0.5", "1", "--seeds", "2", "-q")
+    out = run_cli(demo_data, *compare, "0.5", "1", "--seeds", "2", "-q")
     assert HEADER in out.stdout and "no teacher" in out.stdout
     assert "EAsT musicnn" in out.stdout and "linear probe musicnn" in out.stdout
     assert "already trained" not in out.stdout
@@ -600,7 +583,7 @@ def test_compare_trains_evaluates_reports_and_reuses_finished_runs(demo_data: Pa
             folder = runs / probe_folder("musicnn", label_fraction=fraction, seed=seed)
             assert (folder / "metrics.json").is_file() and (folder / PREDICTIONS).is_file()
 
-    again = _cli(demo_data, *compare, "0.5", "1", "--seeds", "3", "-q")
+    again = run_cli(demo_data, *compare, "0.5", "1", "--seeds", "3", "-q")
     assert len(re.findall(r"already trained", again.stdout)) == len(first)
     # The old runs and probes are not evaluated again either.
     assert len(re.findall(r"metrics up to date", again.stdout)) == len(first) + 4
@@ -622,31 +605,22 @@ def test_settings_a_comparison_varies_are_refused_with_the_option_to_use(name: s
 
 
 def test_compare_command_refuses_them_with_status_2(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(tmp_path), "compare", "demo",
-         "musicnn", "--seeds", "2", "lam=0.3"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_cli(
+        tmp_path, "compare", "demo", "musicnn", "--seeds", "2", "lam=0.3", expect=None, timeout=120
+    )
     # The setting comes after an option: it is still read as a setting.
     assert result.returncode == 2 and "lam (use --lambdas" in result.stderr
     assert "Traceback" not in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(tmp_path), "compare", "demo",
-         "musicnn", "--seeds", "2", "stray"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_cli(
+        tmp_path, "compare", "demo", "musicnn", "--seeds", "2", "stray", expect=None, timeout=120
+    )
     assert result.returncode == 2 and "unrecognized arguments: stray" in result.stderr
 
 
 def test_report_command_prints_the_comparison(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_comparison(data / "runs" / "demo")
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data), "report", "demo"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli(data, "report", "demo", expect=None, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "label fraction 0.25 (60 test clips):" in result.stdout
     assert HEADER in result.stdout and "better than no teacher" in result.stdout

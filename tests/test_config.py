@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.train.config import (
-    RECIPE,
-    ConfigError,
-    of_current_recipe,
+from pipeline.train.config import RECIPE, ConfigError, of_current_recipe, train_config
+from pipeline.train.presets import (
     paper_lambda,
     paper_probe_lr,
     paper_time_factors,
     probe_standardises,
-    train_config,
 )
 
 

@@ -33,12 +33,12 @@ import torch
 from pipeline.data.manifest import make_manifest
 from pipeline.extract.frontends import create_frontend
 from pipeline.paths import manifest_path, store_path
-from pipeline.stores.zarr_store import open_store
+from pipeline.stores import open_store
 from pipeline.students import create_student
 from pipeline.train.config import ConfigError, train_config
 from pipeline.train.distributed import Processes, per_process_batch, processes_from_env
-from pipeline.train.loader import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
 from pipeline.train.loop import train
+from pipeline.train.samplers import EvenShardSampler, MixupBatchSampler, ShardAwareSampler
 
 DATASET = "toy"
 CLASSES = ["bass", "drums", "piano", "voice"]

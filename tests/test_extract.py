@@ -6,7 +6,7 @@ import soundfile as sf
 
 from pipeline.data.manifest import make_manifest
 from pipeline.extract.local import ExtractionError, extract
-from pipeline.stores.zarr_store import read_store
+from pipeline.stores import read_store
 from pipeline.teachers import Teacher
 
 
@@ -18,6 +18,7 @@ class FrameStats(Teacher):
     hop_s = 0.5
     dim = 2
     min_duration_s = 0.1
+    output_version = 1
 
     def __init__(self):
         self.calls = 0

@@ -8,15 +8,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from command_line import pipeline_command, run_cli
 
 from pipeline.data.manifest import Manifest, make_manifest
 from pipeline.extract.local import extract
-from pipeline.stores.zarr_store import read_store
+from pipeline.stores import read_store
 from pipeline.teachers import create_teacher
 
 ray = pytest.importorskip("ray")
@@ -38,21 +38,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "--data-dir",
-            str(data),
-            "data",
-            "demo",
-            "--clips",
-            "10",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    run_cli(data, "data", "demo", "--clips", "10")
     demo = Manifest.read(data / "manifests" / "demo.parquet")
     broken = data / "broken.mp3"
     broken.write_bytes(b"ID3 but nothing after it")
@@ -180,11 +166,11 @@ def _markers(store):
 
 
 def _ray_command(data_dir, address):
-    return [
-        sys.executable, "-m", "pipeline", "--data-dir", str(data_dir),
+    return pipeline_command(
+        data_dir,
         "extract", "mixed", "musicnn", "--engine", "ray", "--ray-address", address,
         "--name", "killed", "--shard-size", "1", "--batch-size", "1", "--quiet",
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def kill_and_resume(data_dir, address, kills, seed):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import run_cli
 
 from pipeline.data.fractions import SUBSET_STREAM, labelled_subset
 from pipeline.train.config import ConfigError, train_config
@@ -126,21 +125,12 @@ def test_default_label_fraction_leaves_digests_and_run_names_unchanged() -> None
     assert half.run_name() != train_config("demo", teacher="musicnn").run_name()
 
 
-def _cli(data_dir: Path, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *args],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_training_with_half_the_labels_records_the_labelled_clips(tmp_path: Path) -> None:
     from pipeline.train.loop import train
 
-    _cli(tmp_path, "data", "demo", "--clips", "32")
-    _cli(tmp_path, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
+    run_cli(tmp_path, "data", "demo", "--clips", "32")
+    run_cli(tmp_path, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
     cfg = train_config("demo", teacher="none", max_steps=2, workers=0, label_fraction=0.5)
     result = train(cfg, tmp_path, progress=False)
     config = json.loads((result.run_dir / "config.json").read_text())

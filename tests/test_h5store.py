@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader
 from pipeline import cli
 from pipeline.data.manifest import make_manifest
 from pipeline.paths import h5_store_path, locate_store, manifest_path, read_manifest, store_path
-from pipeline.stores.h5_store import H5ClipStore, export_h5
-from pipeline.stores.zarr_store import ClipStore, StoreError, open_store, read_store
-from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate
-from pipeline.train.loop import store_paths
+from pipeline.stores import ClipStore, H5ClipStore, StoreError, export_h5, open_store, read_store
+from pipeline.stores.status import existing_store, is_stale
+from pipeline.train.data import store_paths
+from pipeline.train.loader import ClipDataset, collate
+from pipeline.train.samplers import ShardAwareSampler
 
 DATASET = "toy"
 CLASSES = ["guitar", "piano", "voice"]
@@ -372,11 +373,11 @@ def test_train_and_evaluate_on_h5_only_stores(data_dir, exported, tmp_path):
 def test_cli_sees_complete_and_stale_h5_stores(data_dir, exported, tmp_path):
     mel_h5 = exported[MEL_STORE]
     fingerprint = read_store(mel_h5).fingerprint
-    assert cli._existing_store(mel_h5).is_complete
-    assert not cli._is_stale(mel_h5, fingerprint)
-    assert cli._is_stale(mel_h5, {**fingerprint, "n_mels": N_MELS + 1})
-    assert cli._existing_store(tmp_path / "absent.h5") is None
-    assert cli._existing_store(tmp_path / "absent.zarr") is None
+    assert existing_store(mel_h5).is_complete
+    assert not is_stale(mel_h5, fingerprint)
+    assert is_stale(mel_h5, {**fingerprint, "n_mels": N_MELS + 1})
+    assert existing_store(tmp_path / "absent.h5") is None
+    assert existing_store(tmp_path / "absent.zarr") is None
     h5_dir = _h5_only_dir(data_dir, exported, tmp_path)
     assert locate_store(h5_dir, DATASET, MEL_STORE).suffix == ".h5"
 

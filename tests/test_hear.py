@@ -382,7 +382,7 @@ def test_extract_cli_with_a_hear_module(weights, tiny, reference, clips, tmp_pat
 
     from pipeline.cli import main
     from pipeline.data.manifest import make_manifest
-    from pipeline.stores.zarr_store import read_store
+    from pipeline.stores import read_store
 
     paths = []
     for i, clip in enumerate(clips[:3]):

@@ -16,16 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.data.manifest import make_manifest
-from pipeline.stores.zarr_store import StoreError, open_store
-from pipeline.train.loader import (
-    ClipDataset,
-    MixupBatchSampler,
-    ShardAwareSampler,
-    collate,
-    draw_mixup,
-    mixup,
-    spec_augment,
-)
+from pipeline.stores import StoreError, open_store
+from pipeline.train.augment import draw_mixup, mixup, spec_augment
+from pipeline.train.loader import ClipDataset, collate
+from pipeline.train.samplers import MixupBatchSampler, ShardAwareSampler
 
 CLASSES = ["guitar", "piano", "voice"]
 IDS = [f"song/{i:03d}" for i in range(10)]
@@ -577,7 +571,8 @@ def test_loader_imports_no_teacher_code():
         """
         import sys
         import pipeline.train.loader
-        banned = ("pipeline.teachers", "pipeline.extract.local", "pipeline.extract.frontends", "musicnn",
+        banned = ("pipeline.teachers", "pipeline.extract.local", "pipeline.extract.frontends",
+                  "musicnn",
                   "panns_inference", "_pipeline_panns_inference", "torchvggish")
         found = sorted(m for m in sys.modules if m.startswith(banned))
         assert not found, found

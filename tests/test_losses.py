@@ -5,14 +5,12 @@ from scipy.spatial.distance import cdist
 from scipy.special import expit, log_expit
 from scipy.stats import ortho_group
 
-from pipeline.train.losses import (
+from pipeline.train.losses import east_loss, kd_loss, masked_bce
+from pipeline.train.regularisers import (
     align,
     cosine_distance_difference_loss,
     distance_correlation,
     distance_correlation_loss,
-    east_loss,
-    kd_loss,
-    masked_bce,
     pairwise_distances,
     repeat_factors,
     teacher_regulariser,

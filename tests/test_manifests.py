@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from stand_ins import OPENMIC_CLASSES, openmic_keys
 
 from pipeline.data.datasets import build_manifest
-from pipeline.data.datasets.csv_table import csv_table
+from pipeline.data.datasets.csv import csv_table
 from pipeline.data.datasets.magnatagatune import magnatagatune
 from pipeline.data.datasets.openmic import openmic, validation_keys
 from pipeline.data.manifest import Manifest, ManifestError
@@ -37,17 +38,7 @@ def assert_paths_absolute_and_present(manifest: Manifest) -> None:
 
 # ---------------------------------------------------------------- OpenMIC-2018
 
-OPENMIC_CLASSES = [
-    "accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",
-    "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
-    "trumpet", "ukulele", "violin", "voice",
-]  # fmt: skip
 N_TRAIN, N_TEST = 20, 4
-
-
-def openmic_keys(n: int) -> list[str]:
-    """Keys shaped like the release's (``<6-digit id>_<offset>``), spread over folders."""
-    return [f"{(i * 7919) % 1_000_000:06d}_{i * 3840}" for i in range(1, n + 1)]
 
 
 def write_openmic(root: Path, seed: int = 0) -> dict[str, object]:
@@ -433,7 +424,7 @@ def test_csv_missing_unreadable_and_empty_rows_are_left_out(tmp_path: Path) -> N
 
 @pytest.mark.skipif(
     os.geteuid() == 0,
-    reason="root reads files whatever their permissions (test_reliability.py's R3 test covers "
+    reason="root reads files whatever their permissions (the R3 test in tests/reliability/ covers "
     "this case, as root without CAP_DAC_OVERRIDE)",
 )
 def test_csv_unreadable_audio_is_left_out(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchopenl3
+from stand_ins import random_openl3, write_openl3_weights
 from torchopenl3.utils import preprocess_audio_batch
 
 from pipeline.teachers import MissingWeightsError, create_teacher, file_sha256
@@ -14,7 +15,6 @@ from pipeline.teachers.openl3 import (
     WEIGHTS_ENV,
     InvalidWeightsError,
     OpenL3Teacher,
-    build_openl3,
     count_windows,
     frame_windows,
 )
@@ -28,25 +28,14 @@ DURATIONS_S = (1.3, 2.2, 3.0, 0.4)  # 2, 3, 4 and 1 windows at hop 0.96 s, centr
 @pytest.fixture(scope="module")
 def reference():
     """mel128/music/512 OpenL3 with random weights and BatchNorm statistics far from 0 / 1."""
-    torch.manual_seed(0)
-    model = build_openl3("mel128", "music", 512)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-    return model.eval()
+    return random_openl3()
 
 
 @pytest.fixture(scope="module")
 def torch_home(reference, tmp_path_factory):
     """A $TORCH_HOME whose hub cache holds the checkpoint where torchopenl3 would download it."""
     home = tmp_path_factory.mktemp("torch-home")
-    path = home / "hub" / "checkpoints" / FILENAME
-    path.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), path)
+    write_openl3_weights(home / "hub" / "checkpoints", model=reference)
     return home
 
 

@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from stand_ins import panns_checkpoint, random_cnn14, write_panns_weights
 
 from pipeline.teachers import MissingWeightsError, create_teacher, file_sha256
 from pipeline.teachers.panns import (
@@ -19,45 +20,23 @@ from pipeline.teachers.panns import (
     WEIGHTS_FILE,
     InvalidWeightsError,
     PannsTeacher,
-    build_cnn14,
     read_checkpoint,
 )
 
 SR = 32000
 
 
-def _published_layout(state):
-    """What the published checkpoints hold: the weights and the training sampler's state."""
-    sampler = {
-        "indexes_per_class": [np.arange(k, k + 3) for k in range(527)],
-        "queue": [5, 1],
-        "pointers_of_classes": [0] * 527,
-    }
-    return {"iteration": 1, "model": state, "sampler": sampler}
-
-
 @pytest.fixture(scope="module")
 def reference():
     """Cnn14 with random weights and BatchNorm statistics far from the initial 0 / 1."""
-    torch.manual_seed(0)
-    model = build_cnn14()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-    return model.eval()
+    return random_cnn14()
 
 
 @pytest.fixture(scope="module")
 def weights_home(reference, tmp_path_factory):
     """A home folder with the checkpoint at ~/panns_data/Cnn14_mAP=0.431.pth (327 MB, once)."""
     home = tmp_path_factory.mktemp("home")
-    path = home / "panns_data" / WEIGHTS_FILE
-    path.parent.mkdir()
-    torch.save(_published_layout(reference.state_dict()), path)
+    path = write_panns_weights(home / "panns_data", model=reference)
     yield home
     path.unlink()
 
@@ -155,7 +134,7 @@ def test_loading_the_package_runs_no_download(tmp_path):
 
 def test_checkpoint_written_under_numpy_1_loads(tmp_path):
     buffer = io.BytesIO()
-    torch.save(_published_layout({"w": torch.ones(2)}), buffer)
+    torch.save(panns_checkpoint({"w": torch.ones(2)}), buffer)
     path = tmp_path / "numpy1.pth"
     with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, "w") as dst:
         for info in src.infolist():

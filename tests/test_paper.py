@@ -1,5 +1,5 @@
-"""``make paper`` (:mod:`pipeline.evaluate.paper`): the configs of the paper's table, the table itself, and
-the whole command on a miniature OpenMIC release with random-weight teachers."""
+"""``make paper`` (:mod:`pipeline.evaluate.paper`): the configs of the paper's table, the table
+itself, and the whole command on a miniature OpenMIC release with random-weight teachers."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from command_line import run_cli
 from stand_ins import WRITE_WEIGHTS, write_openmic_release
 
 from pipeline.evaluate.arms import Arm, Context, Row
@@ -132,31 +131,16 @@ def test_paper_table_of_magnatagatune_names_pr_auc_and_needs_all_labels(tmp_path
 FAST_TEACHERS = ("vggish", "panns")
 
 
-def _cli(data_dir: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if result.returncode != expect:
-        raise AssertionError(
-            f"pipeline {args} exited {result.returncode}, not {expect}:\n"
-            f"{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
-        )
-    return result
-
-
 def _prepare(root: Path, teachers: tuple[str, ...]) -> tuple[Path, dict[str, list[str]]]:
     """A data dir with the OpenMIC manifest of a miniature release and the teachers' stores
     (``extract --weights`` of random weights in each package's format); no mels, no runs."""
     splits = write_openmic_release(root / "release")
     assert all(splits.values()), {k: len(v) for k, v in splits.items()}
     data = root / "data"
-    _cli(data, "data", "openmic", "--root", str(root / "release"))
+    run_cli(data, "data", "openmic", "--root", str(root / "release"))
     for teacher in teachers:
         weights = WRITE_WEIGHTS[teacher](root / "weights" / teacher)
-        _cli(data, "extract", "openmic", teacher, "--weights", str(weights), "-q")
+        run_cli(data, "extract", "openmic", teacher, "--weights", str(weights), "-q")
     shutil.rmtree(root / "weights")  # PaSST and PANNs are 300+ MB each
     return data, splits
 
@@ -199,7 +183,7 @@ def _check_paper(data: Path, teachers: tuple[str, ...], splits: dict[str, list[s
     """Train and evaluate the table for ``teachers``; check the output, paper.md and report.md."""
     n_runs = 1 + 2 * len(teachers)
     args = ["paper", "openmic", *_settings(splits), "--seeds", "1"]
-    out = _cli(data, *args, "--teachers", "+".join(teachers), "-q").stdout
+    out = run_cli(data, *args, "--teachers", "+".join(teachers), "-q").stdout
     lines = out.splitlines()
 
     plan = [i for i, line in enumerate(lines) if line.startswith("training plan: ")]
@@ -255,7 +239,7 @@ def _check_paper(data: Path, teachers: tuple[str, ...], splits: dict[str, list[s
         assert rows["EAsT passt"][4] == "0.847" and rows["EAsT-KD passt"][4] == "0.852"
 
     # Everything is trained: the plan says so, and trains and times nothing.
-    again = _cli(data, *args, "--teachers", "+".join(teachers), "--estimate-only", "-q").stdout
+    again = run_cli(data, *args, "--teachers", "+".join(teachers), "--estimate-only", "-q").stdout
     assert "training plan: every run of the table is trained already" in again
 
 
@@ -264,7 +248,7 @@ def test_paper_estimate_only_trains_nothing(openmic_data, tmp_path: Path) -> Non
     base, splits = openmic_data
     data = _fresh_copy(base, tmp_path)
     args = ["paper", "openmic", *_settings(splits), "--seeds", "2", "--estimate-only", "-q"]
-    out = _cli(data, *args, "--teachers", "+".join(FAST_TEACHERS)).stdout
+    out = run_cli(data, *args, "--teachers", "+".join(FAST_TEACHERS)).stdout
 
     [plan] = [line for line in out.splitlines() if line.startswith("training plan: ")]
     assert re.match(r"training plan: 10 runs to train × at most 2 steps × \d+ ms a step", plan)
@@ -282,7 +266,7 @@ def test_paper_with_a_teacher_store_missing_stops_before_training(
     data = _fresh_copy(base, tmp_path)
     shutil.rmtree(data / "cache" / "openmic" / "panns.zarr")
     args = ["paper", "openmic", *_settings(splits), "--seeds", "1", "-q"]
-    result = _cli(data, *args, "--teachers", "+".join(FAST_TEACHERS), expect=2)
+    result = run_cli(data, *args, "--teachers", "+".join(FAST_TEACHERS), expect=2)
     assert "no clip store at" in result.stderr and "panns.zarr" in result.stderr
     assert "training plan" not in result.stdout
     assert not (data / "runs").exists()

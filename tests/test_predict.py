@@ -11,16 +11,11 @@ import torch
 from pipeline.cli import main
 from pipeline.data.audio import load_audio
 from pipeline.extract.frontends import MelFrontEnd
-from pipeline.inference.predict import (
-    FrontEndChangedWarning,
-    Predictor,
-    RunError,
-    load_run,
-    window_starts,
-)
-from pipeline.stores.zarr_store import open_store
+from pipeline.inference.predict import Predictor, load_run, window_starts
+from pipeline.inference.runs import FrontEndChangedWarning, RunError
+from pipeline.stores import open_store
 from pipeline.students import create_student
-from pipeline.train.loop import _inference_checkpoint
+from pipeline.train.checkpoints import inference_checkpoint as _inference_checkpoint
 
 CLASSES = ["piano", "drums", "voice"]
 MEL_FRAMES = 101  # mobile_fcn: hop 320 at 16 kHz, frames = 1 + (samples - 1) // 320

@@ -3,28 +3,16 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from command_line import pipeline_command, run_cli
 
 from pipeline.data.manifest import Manifest
-from pipeline.stores.zarr_store import read_store
+from pipeline.stores import read_store
 
 CLIPS = 12
-
-
-def _cli(data_dir, *args, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"pipeline {args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def _extract_args(name):
@@ -47,13 +35,13 @@ def _extract_args(name):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    _cli(data, "data", "demo", "--clips", str(CLIPS))
+    run_cli(data, "data", "demo", "--clips", str(CLIPS))
     return data
 
 
 @pytest.fixture(scope="module")
 def reference(data_dir):
-    out = _cli(data_dir, *_extract_args("reference"))
+    out = run_cli(data_dir, *_extract_args("reference"))
     return read_store(data_dir / "cache" / "demo" / "reference.zarr"), out.stdout
 
 
@@ -73,7 +61,7 @@ def test_store_has_one_row_per_clip_in_manifest_order(data_dir, reference):
 
 
 def test_rerun_does_no_work(data_dir, reference):
-    out = _cli(data_dir, *_extract_args("reference"))
+    out = run_cli(data_dir, *_extract_args("reference"))
     assert "0 shards written, 6 already done" in out.stdout
 
 
@@ -81,7 +69,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_values(data_dir, reference):
     store, _ = reference
     path = data_dir / "cache" / "demo" / "killed.zarr"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *_extract_args("killed")],
+        pipeline_command(data_dir, *_extract_args("killed")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -96,7 +84,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_values(data_dir, reference):
     assert 1 <= done_before < 6, "the kill should land mid-run"
     assert not (path / "COMPLETE").exists()
 
-    out = _cli(data_dir, *_extract_args("killed"))
+    out = run_cli(data_dir, *_extract_args("killed"))
     assert f"{done_before} already done" in out.stdout
     resumed = read_store(path)
     assert resumed.n_frames.tolist() == store.n_frames.tolist()
@@ -106,6 +94,6 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_values(data_dir, reference):
 
 
 def test_changed_teacher_settings_are_refused(data_dir, reference):
-    out = _cli(data_dir, *_extract_args("reference"), "-o", "layer=penultimate", check=False)
+    out = run_cli(data_dir, *_extract_args("reference"), "-o", "layer=penultimate", expect=None)
     assert out.returncode == 2
     assert "made with other settings" in out.stderr and "layer" in out.stderr

@@ -1,4 +1,5 @@
-"""Uncertainty of test metrics (``pipeline.evaluate.stats``) against independent references, known answers.
+"""Uncertainty of test metrics (``pipeline.evaluate.stats``) against independent references and
+known answers.
 
 * Weighted AP against scikit-learn: plain AP with unit weights, and AP on the explicitly repeated
   clips for bootstrap counts (tied scores, masked entries, classes without a positive or a

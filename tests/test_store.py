@@ -6,8 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
+from pipeline.stores import StoreError, open_store, read_store
 from pipeline.stores.fingerprint import fingerprint_diff
-from pipeline.stores.zarr_store import StoreError, open_store, read_store
 
 FP = {"teacher": "toy", "dim": 3, "weights_sha256": "abc"}
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from command_line import pipeline_command, run_cli, run_metrics, sibling_data_dir
 
 from pipeline.train.config import train_config
 from pipeline.train.loop import train
@@ -27,41 +28,15 @@ from pipeline.train.loop import train
 pytestmark = pytest.mark.slow
 
 CLIPS = 192
-TIMING_COLUMNS = ["seconds", "clips_per_s"]
-
-
-def _cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"pipeline {args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("data")
-    _cli(data, "data", "demo", "--clips", str(CLIPS))
-    _cli(data, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
-    _cli(data, "extract", "demo", "musicnn", "--quiet")
+    run_cli(data, "data", "demo", "--clips", str(CLIPS))
+    run_cli(data, "mels", "demo", "--frontend", "mobile_fcn", "--quiet")
+    run_cli(data, "extract", "demo", "musicnn", "--quiet")
     return data
-
-
-def _sibling(data_dir: Path, tmp_path: Path) -> Path:
-    """A data folder sharing the manifests and stores but with runs of its own."""
-    other = tmp_path / "data"
-    other.mkdir()
-    for name in ("manifests", "cache", "datasets"):
-        (other / name).symlink_to(data_dir / name)
-    return other
-
-
-def _metrics(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING_COLUMNS)
 
 
 BASELINE = {"teacher": "none", "max_epochs": 6, "workers": 0}
@@ -73,7 +48,7 @@ def baseline(data_dir: Path):
 
 
 def test_training_lowers_the_loss_and_beats_label_frequency(baseline) -> None:
-    metrics = _metrics(baseline.run_dir)
+    metrics = run_metrics(baseline.run_dir)
     summary = json.loads((baseline.run_dir / "train.json").read_text())
     assert len(metrics) == 6
     assert metrics["train_total"].iloc[-1] < 0.8 * metrics["train_total"].iloc[0]
@@ -122,15 +97,19 @@ def test_finished_run_is_not_trained_again(data_dir: Path, baseline) -> None:
 
 
 def test_same_seed_gives_identical_metrics(data_dir: Path, baseline, tmp_path: Path) -> None:
-    other = train(train_config("demo", **BASELINE), _sibling(data_dir, tmp_path), progress=False)
+    other = train(
+        train_config("demo", **BASELINE),
+        sibling_data_dir(data_dir, tmp_path / "data"),
+        progress=False,
+    )
     assert other.run_dir.name == baseline.run_dir.name
-    pd.testing.assert_frame_equal(_metrics(other.run_dir), _metrics(baseline.run_dir))
+    pd.testing.assert_frame_equal(run_metrics(other.run_dir), run_metrics(baseline.run_dir))
 
 
 def test_east_kd_trains_with_teacher_terms_and_a_probe(data_dir: Path) -> None:
     cfg = train_config("demo", teacher="musicnn", kd=True, max_epochs=2, workers=0)
     result = train(cfg, data_dir, progress=False)
-    metrics = _metrics(result.run_dir)
+    metrics = run_metrics(result.run_dir)
     assert {"train_bce", "train_dc", "train_kd", "train_reg"} <= set(metrics.columns)
     assert metrics["train_dc"].between(0, 1).all()
     config = json.loads((result.run_dir / "config.json").read_text())
@@ -153,7 +132,7 @@ def test_east_kd_trains_with_teacher_terms_and_a_probe(data_dir: Path) -> None:
 def test_max_steps_ends_a_run_inside_an_epoch_without_validating_it(data_dir: Path) -> None:
     cfg = train_config("demo", teacher="musicnn", max_steps=12, workers=0)
     result = train(cfg, data_dir, progress=False)
-    metrics = _metrics(result.run_dir)
+    metrics = run_metrics(result.run_dir)
     summary = json.loads((result.run_dir / "train.json").read_text())
     steps_per_epoch = metrics["step"].iloc[0]
     assert steps_per_epoch < 12 < 2 * steps_per_epoch  # the second epoch is cut
@@ -166,7 +145,7 @@ def test_several_teachers_each_get_a_term(data_dir: Path) -> None:
     (store.parent / "musicnn-again.zarr").symlink_to(store)
     cfg = train_config("demo", teacher="musicnn+musicnn-again", max_epochs=1, workers=0)
     result = train(cfg, data_dir, progress=False)
-    metrics = _metrics(result.run_dir)
+    metrics = run_metrics(result.run_dir)
     # The same embeddings twice: both terms are equal and equal to their mean.
     assert metrics["train_dc/0"].iloc[0] == pytest.approx(metrics["train_dc/1"].iloc[0])
     assert metrics["train_dc"].iloc[0] == pytest.approx(metrics["train_dc/0"].iloc[0])
@@ -180,11 +159,10 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
     reference = train(
         train_config("demo", teacher="musicnn", max_epochs=4, workers=0), data_dir, progress=False
     )
-    killed_dir = _sibling(data_dir, tmp_path)
+    killed_dir = sibling_data_dir(data_dir, tmp_path / "data")
     run_dir = killed_dir / "runs" / "demo" / reference.run_dir.name
-    command = [sys.executable, "-m", "pipeline", "--data-dir", str(killed_dir)]
     proc = subprocess.Popen(
-        [*command, "train", "demo", *settings, "--workers", "2", "-q"],
+        pipeline_command(killed_dir, "train", "demo", *settings, "--workers", "2", "-q"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -200,9 +178,9 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
     epochs_before = len(pd.read_csv(run_dir / "metrics.csv"))
     assert 1 <= epochs_before < 4
 
-    out = _cli(killed_dir, "train", "demo", *settings, "--workers", "2", "-q")
+    out = run_cli(killed_dir, "train", "demo", *settings, "--workers", "2", "-q")
     assert f"resuming after epoch {epochs_before}" in out.stdout
-    pd.testing.assert_frame_equal(_metrics(run_dir), _metrics(reference.run_dir))
+    pd.testing.assert_frame_equal(run_metrics(run_dir), run_metrics(reference.run_dir))
     resumed = torch.load(run_dir / "best.pt", weights_only=True)["model"]
     uninterrupted = torch.load(reference.run_dir / "best.pt", weights_only=True)["model"]
     for name, tensor in uninterrupted.items():
@@ -217,7 +195,7 @@ def test_training_imports_no_teacher_code(data_dir: Path, tmp_path: Path) -> Non
         from pipeline.train.config import train_config
         from pipeline.train.loop import train
         train(train_config("demo", teacher="musicnn", kd=True, max_epochs=1, workers=2),
-              {str(_sibling(data_dir, tmp_path))!r}, progress=False)
+              {str(sibling_data_dir(data_dir, tmp_path / "data"))!r}, progress=False)
         banned = ("pipeline.teachers", "pipeline.extract.local", "musicnn", "panns_inference",
                   "_pipeline_panns_inference", "torchvggish", "torchopenl3", "openl3",
                   "hear21passt")
@@ -232,7 +210,7 @@ def test_training_imports_no_teacher_code(data_dir: Path, tmp_path: Path) -> Non
 
 
 def test_missing_teacher_store_names_the_command(data_dir: Path) -> None:
-    out = _cli(data_dir, "train", "demo", "teacher=panns", check=False)
+    out = run_cli(data_dir, "train", "demo", "teacher=panns", expect=None)
     assert out.returncode == 2
     assert "panns.zarr" in out.stderr and "make extract" in out.stderr
 
@@ -242,7 +220,7 @@ def test_a_run_shorter_than_an_epoch_has_no_best_and_evaluation_leaves_it_out(
 ) -> None:
     from pipeline.evaluate.evaluation import evaluate_all
 
-    other = _sibling(data_dir, tmp_path)
+    other = sibling_data_dir(data_dir, tmp_path / "data")
     result = train(train_config("demo", teacher="none", max_steps=1, workers=0), other)
     summary = json.loads((result.run_dir / "train.json").read_text())
     assert summary["best_epoch"] == 0 and summary["best_valid_map"] is None

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvggish
+from stand_ins import random_vggish, random_vggish_pca, write_vggish_weights
 from torchvggish import torchvggish as package_module
 from torchvggish import vggish_input
 
@@ -40,14 +41,7 @@ def _tone(n_samples, hz, seed):
 @pytest.fixture(scope="module")
 def network():
     """The package's VGGish network with random He-initialised weights (outputs that vary)."""
-    torch.manual_seed(0)
-    model = package_module._vgg(postprocess=False).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                module.bias.normal_(0.0, 0.05)
-    return model
+    return random_vggish()
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +50,7 @@ def pca_params(network):
 
     Centred and scaled on a few clips so that the 8-bit codes spread over 0..255.
     """
-    calibration = [_tone(2 * SR, hz, seed) for seed, hz in enumerate((110, 440, 1800, 5000))]
-    patches = torch.cat([vggish_input.waveform_to_examples(c, SR) for c in calibration])
-    with torch.no_grad():
-        raw = network(patches).double().numpy()
-    rotation, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((128, 128)))
-    means = raw.mean(axis=0)
-    return {
-        "pca_eigen_vectors": rotation / (raw - means).std(),
-        "pca_means": means,
-    }
+    return random_vggish_pca(network)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +58,7 @@ def torch_home(network, pca_params, tmp_path_factory):
     """$TORCH_HOME with both files in hub/checkpoints, where torchvggish caches them."""
     home = tmp_path_factory.mktemp("torch-home")
     checkpoints = home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save(network.state_dict(), checkpoints / WEIGHTS_FILE)
-    torch.save(pca_params, checkpoints / PCA_FILE)
+    write_vggish_weights(checkpoints, network=network, pca=pca_params)
     yield home
     shutil.rmtree(checkpoints)
 

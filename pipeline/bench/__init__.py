@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from pipeline.fileio import write_text
+
 
 @dataclass(frozen=True)
 class BenchContext:
@@ -46,11 +48,30 @@ class BenchContext:
     only: frozenset[str] | None = None
 
     def size(self, full: int, minimum: int = 1) -> int:
-        """``full`` scaled, at least ``minimum``."""
+        """``full`` scaled, at least ``minimum``.
+
+        Parameters
+        ----------
+        full : int -- the size at scale 1
+        minimum : int -- the smallest size returned
+
+        Returns
+        -------
+        int -- ``max(minimum, round(full * scale))``.
+        """
         return max(minimum, round(full * self.scale))
 
     def wants(self, figure_id: str) -> bool:
-        """Whether figure ``figure_id`` is asked for; "P3" also selects variants like "P3-h5"."""
+        """Whether figure ``figure_id`` is asked for; "P3" also selects variants like "P3-h5".
+
+        Parameters
+        ----------
+        figure_id : str -- e.g. "P3-h5"
+
+        Returns
+        -------
+        bool -- True when ``only`` is None, lists ``figure_id`` or its part before "-".
+        """
         if self.only is None:
             return True
         return figure_id in self.only or figure_id.split("-")[0] in self.only
@@ -90,7 +111,18 @@ class Figure:
 
 
 def error_figure(figure_id: str, what: str, error: BaseException) -> Figure:
-    """A row for a figure that could not be measured: target "error", the cause in details."""
+    """A row for a figure that could not be measured: target "error", the cause in details.
+
+    Parameters
+    ----------
+    figure_id : str -- the row's ID
+    what : str -- what the row would have compared
+    error : BaseException -- the cause
+
+    Returns
+    -------
+    Figure -- its ``details`` hold ``error`` (type and message) and the ``traceback``.
+    """
     import traceback
 
     cause = f"{type(error).__name__}: {error}"
@@ -108,12 +140,33 @@ def error_figure(figure_id: str, what: str, error: BaseException) -> Figure:
 
 
 def is_error(figure: Figure) -> bool:
-    """Whether ``figure`` is an error row (see :func:`error_figure`)."""
+    """Whether ``figure`` is an error row (see :func:`error_figure`).
+
+    Parameters
+    ----------
+    figure : Figure
+
+    Returns
+    -------
+    bool
+    """
     return figure.target == "error"
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> tuple[float, list]:
-    """Median wall time of ``fn()`` over ``repeats`` calls (after ``warmup`` untimed ones)."""
+    """Median wall time of ``fn()`` over ``repeats`` calls (after ``warmup`` untimed ones).
+
+    Parameters
+    ----------
+    fn : callable -- the work to time, called without arguments
+    repeats : int >= 1 -- timed calls
+    warmup : int >= 0 -- untimed calls first
+
+    Returns
+    -------
+    median_s : float -- median seconds per call
+    times : list of float -- seconds of each timed call, in order
+    """
     for _ in range(warmup):
         fn()
     times = []
@@ -134,6 +187,17 @@ def measure_cases(
 
     A case that raises (missing weights, out of memory, …) becomes an error row described by
     ``what(case)``, and the others still run.
+
+    Parameters
+    ----------
+    ctx : BenchContext
+    cases : sequence -- objects with an ``id``
+    measure : callable -- ``measure(ctx, case)`` gives the case's row
+    what : callable -- ``what(case)`` describes the case for its error row
+
+    Returns
+    -------
+    list of Figure -- one per case asked for, in the order of ``cases``.
     """
     figures = []
     for case in cases:
@@ -147,7 +211,16 @@ def measure_cases(
 
 
 def device_name(device: str) -> str:
-    """Readable name of a torch device, with the GPU model or the CPU count."""
+    """Readable name of a torch device, with the GPU model or the CPU count.
+
+    Parameters
+    ----------
+    device : str -- e.g. "cpu", "cuda", "cuda:1"
+
+    Returns
+    -------
+    str -- e.g. "cuda (NVIDIA H100)" or "cpu (2 cores, x86_64)".
+    """
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
     import os
@@ -156,7 +229,16 @@ def device_name(device: str) -> str:
 
 
 def format_table(figures: list[Figure]) -> str:
-    """Markdown table of the figures."""
+    """Markdown table of the figures.
+
+    Parameters
+    ----------
+    figures : list of Figure
+
+    Returns
+    -------
+    str -- a header and one row per figure, without a final newline.
+    """
     lines = [
         "| id | what | ratio | target | met | measured | against | device |",
         "|---|---|--:|---|---|---|---|---|",
@@ -172,13 +254,24 @@ def format_table(figures: list[Figure]) -> str:
 
 
 def write_results(figures: list[Figure], out: Path, meta: dict[str, Any]) -> tuple[Path, Path]:
-    """``out/results.json`` (figures and run metadata) and ``out/results.md``; returns both."""
+    """``out/results.json`` (figures and run metadata) and ``out/results.md``, each atomically.
+
+    Parameters
+    ----------
+    figures : list of Figure
+    out : Path -- the results folder (created if missing)
+    meta : dict -- run metadata, written at the top of ``results.json``
+
+    Returns
+    -------
+    tuple of Path -- the JSON file and the Markdown file.
+    """
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         **meta,
         "figures": [{**asdict(f), "met": f.met} for f in figures],
     }
     json_path, md_path = out / "results.json", out / "results.md"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    md_path.write_text(format_table(figures) + "\n")
+    write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    write_text(md_path, format_table(figures) + "\n")
     return json_path, md_path

@@ -45,6 +45,17 @@ def _default_scale() -> float:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m pipeline.bench``, checked and with defaults filled in.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional -- the arguments (default: ``sys.argv[1:]``)
+
+    Returns
+    -------
+    argparse.Namespace -- ``scale``, ``only`` (frozenset of figure IDs or None), ``device``,
+    ``repeats``, ``workers``, ``out`` and ``root``; the parser exits on a bad value.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.bench",
         description="Benchmarks as ratios measured side by side; writes results.json/.md.",
@@ -93,7 +104,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run_module(name: str, ctx: BenchContext) -> list[Figure]:
-    """The figures of module ``pipeline.bench.<name>`` that ``ctx`` asks for, or an error row."""
+    """The figures of module ``pipeline.bench.<name>`` that ``ctx`` asks for, or an error row.
+
+    Parameters
+    ----------
+    name : str -- a key of :data:`MODULES`
+    ctx : BenchContext
+
+    Returns
+    -------
+    list of Figure -- one error row if the module cannot be imported or its ``run`` raises.
+    """
     ids = [fid for fid in MODULES[name] if ctx.wants(fid)]
     try:
         module = importlib.import_module(f"pipeline.bench.{name}")
@@ -104,7 +125,16 @@ def run_module(name: str, ctx: BenchContext) -> list[Figure]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmarks; returns the exit status (1 if any figure is an error row)."""
+    """Run the benchmarks, write ``results.json`` and ``results.md`` and print the table.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional -- the arguments (default: ``sys.argv[1:]``)
+
+    Returns
+    -------
+    int -- the exit status: 1 if any figure is an error row, else 0.
+    """
     args = parse_args(argv)
     ctx = BenchContext(
         root=args.root,

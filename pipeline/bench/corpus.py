@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.data.manifest import Manifest, make_manifest
+from pipeline.fileio import atomic_path
 
 FORMATS = (("wav", "WAV", "PCM_16"), ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III"))
 SAMPLE_RATE_HZ = 44_100
@@ -23,7 +24,18 @@ N_CLASSES = 10
 
 
 def synth_clip(seed: int, duration_s: float, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """(samples, 2) float32 stereo: pink-ish noise and three random tones, peak 0.5."""
+    """(samples, 2) float32 stereo: pink-ish noise and three random tones, peak 0.5.
+
+    Parameters
+    ----------
+    seed : int -- the noise and the tones' frequencies (80 to 4000 Hz) and phases
+    duration_s : float -- length in seconds
+    sample_rate_hz : int -- sampling rate in Hz
+
+    Returns
+    -------
+    np.ndarray, (int(duration_s * sample_rate_hz), 2) float32
+    """
     rng = np.random.default_rng(seed)
     n = int(duration_s * sample_rate_hz)
     t = np.arange(n) / sample_rate_hz
@@ -41,17 +53,29 @@ def synth_clip(seed: int, duration_s: float, sample_rate_hz: int = SAMPLE_RATE_H
 def write_audio_files(
     folder: Path, n_files: int, *, duration_s: float = 10.0, seed: int = 0
 ) -> list[Path]:
-    """``n_files`` clips in ``folder`` in rotating formats; files already there are kept."""
+    """``n_files`` clips in ``folder`` in rotating formats; files already there are kept.
+
+    Parameters
+    ----------
+    folder : Path -- created if missing
+    n_files : int -- file ``i`` is :func:`synth_clip` ``(seed + i)`` in format ``i % 3`` of
+        :data:`FORMATS`
+    duration_s : float -- length of each clip in seconds
+    seed : int -- seed of the first file
+
+    Returns
+    -------
+    list of Path -- ``folder / f"clip{i:04d}-{duration_s:g}s.{ext}"`` per file.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n_files):
         ext, fmt, subtype = FORMATS[i % len(FORMATS)]
         path = folder / f"clip{i:04d}-{duration_s:g}s.{ext}"
         if not path.is_file():
-            partial = path.with_name(f"{path.stem}.partial.{ext}")
             audio = synth_clip(seed + i, duration_s)
-            sf.write(partial, audio, SAMPLE_RATE_HZ, format=fmt, subtype=subtype)
-            os.replace(partial, path)
+            with atomic_path(path) as tmp:  # its suffix is not the format's: name it
+                sf.write(tmp, audio, SAMPLE_RATE_HZ, format=fmt, subtype=subtype)
         paths.append(path)
     return paths
 
@@ -68,6 +92,18 @@ def make_corpus(
 
     Files go to ``root/audio/`` and are reused by later calls. Labels are random (10 classes,
     fixed per file), enough for a training step to have a real loss.
+
+    Parameters
+    ----------
+    root : str or PathLike -- the benchmark's folder
+    n_clips : int >= 1 -- clip IDs ``bench-000000`` …, all in the train split
+    n_files : int >= 1 -- distinct audio files (at most ``n_clips``), cycled through in order
+    duration_s : float -- length of each clip in seconds
+    seed : int -- seed of the labels
+
+    Returns
+    -------
+    Manifest -- named ``bench-<n_clips>``.
     """
     if n_clips < 1 or n_files < 1:
         raise ValueError(f"need n_clips >= 1 and n_files >= 1, got {n_clips} and {n_files}")

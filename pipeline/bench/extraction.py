@@ -45,12 +45,33 @@ WHAT = "clips/s of extract() end to end (decode, embed, write) ÷ the teacher al
 
 
 def decode_all(manifest: Manifest, sr_hz: int) -> list[np.ndarray]:
-    """Every clip of ``manifest`` as a mono float32 waveform at ``sr_hz``, in manifest order."""
+    """Every clip of ``manifest`` as a mono float32 waveform at ``sr_hz``, in manifest order.
+
+    Parameters
+    ----------
+    manifest : Manifest -- the clips
+    sr_hz : int -- sampling rate in Hz
+
+    Returns
+    -------
+    list of np.ndarray, (samples,) float32 -- one per clip.
+    """
     return [load_audio(path, sr_hz=sr_hz) for path in manifest.clips["path"]]
 
 
 def embed_batches(teacher: Teacher, waves: list[np.ndarray], batch_size: int) -> int:
-    """``teacher.embed`` over consecutive batches of ``waves``; returns the frames made."""
+    """``teacher.embed`` over consecutive batches of ``waves``.
+
+    Parameters
+    ----------
+    teacher : Teacher
+    waves : list of np.ndarray -- (samples,) float32 waveforms at the teacher's rate
+    batch_size : int > 0 -- waveforms per call
+
+    Returns
+    -------
+    int -- the embedding frames made, all clips together.
+    """
     frames = 0
     for start in range(0, len(waves), batch_size):
         frames += sum(len(e) for e in teacher.embed(waves[start : start + batch_size]))
@@ -62,7 +83,16 @@ def _subset(manifest: Manifest, n: int) -> Manifest:
 
 
 def measure(ctx: BenchContext) -> Figure:
-    """Time extract() and the teacher alone on the same clips; see the module docstring."""
+    """Time extract() and the teacher alone on the same clips; see the module docstring.
+
+    Parameters
+    ----------
+    ctx : BenchContext
+
+    Returns
+    -------
+    Figure -- the P4 row: extract()'s clips/s ÷ the teacher's clips/s on decoded batches.
+    """
     n = ctx.size(FULL_CLIPS, minimum=MIN_CLIPS)
     manifest = make_corpus(ctx.root, n, duration_s=CLIP_S)
     folder = Path(ctx.root) / "extraction"
@@ -132,7 +162,16 @@ def measure(ctx: BenchContext) -> Figure:
 
 
 def run(ctx: BenchContext) -> list[Figure]:
-    """P4 (if ``ctx`` asks for it); a failure becomes an error row."""
+    """P4 (if ``ctx`` asks for it); a failure becomes an error row.
+
+    Parameters
+    ----------
+    ctx : BenchContext
+
+    Returns
+    -------
+    list of Figure -- empty when P4 is not asked for.
+    """
     if not ctx.wants("P4"):
         return []
     try:

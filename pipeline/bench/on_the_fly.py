@@ -1,25 +1,28 @@
 """P1: a training epoch with the teacher run on the fly ÷ the same epoch from the cache.
 
 Both sides train the same student (one model, one Adam optimiser) with the same EAsT loss
-(distance correlation, λ of the config preset) through :func:`pipeline.train.loop.train_one_epoch`,
-over the same clips in the same order (one :class:`pipeline.train.loader.ShardAwareSampler` order),
+(distance correlation, λ of the config preset) through
+:func:`pipeline.train.steps.train_one_epoch` (:func:`pipeline.bench.epochs.epoch_runner`), over
+the same clips in the same order (one :class:`pipeline.train.samplers.ShardAwareSampler` order),
 with the same batch size and ``ctx.workers`` DataLoader workers. They differ only in where a
 batch's mels and teacher embeddings come from:
 
-* cached: :class:`pipeline.train.loader.ClipDataset` over the mel store and the teacher store, loaded
-  with the DataLoader settings of training (:func:`store_loader`). Making the two stores with
-  :func:`pipeline.extract.local.extract` is paid once, not per epoch; its time is in the details.
-* on the fly: the DataLoader workers decode each clip once (:func:`pipeline.data.audio.load_audio`
-  at the file's own rate), resample it with soxr to the teacher's and to the student's rate
-  (the same samples ``load_audio`` gives at those rates) and compute the student's log-mel
-  (:class:`pipeline.extract.frontends.MelFrontEnd`, as the mel store holds it); the main process runs
-  the teacher forward (``teacher.embed``, no gradient, on ``ctx.device``) per batch, then the
-  training step.
+* cached: :class:`pipeline.train.loader.ClipDataset` over the mel store and the teacher store,
+  loaded with the DataLoader settings of training (:func:`store_loader`). Making the two stores
+  with :func:`pipeline.extract.local.extract` (:func:`pipeline.bench.stores.ensure_store`) is
+  paid once, not per epoch; its time is in the details.
+* on the fly: the DataLoader workers decode each clip once
+  (:func:`pipeline.data.audio.load_audio` at the file's own rate), resample it with soxr to the
+  teacher's and to the student's rate (the same samples ``load_audio`` gives at those rates) and
+  compute the student's log-mel (:class:`pipeline.extract.frontends.MelFrontEnd`, as the mel
+  store holds it); the main process runs the teacher forward (``teacher.embed``, no gradient, on
+  ``ctx.device``) per batch, then the training step.
 
 Rows:
 
-* "P1": PANNs Cnn14 (random weights, saved once as a checkpoint under ``ctx.root``; the clip
-  embedding, as the paper used PANNs) → mobile_fcn at its 16 kHz front end. Target >= 20.
+* "P1": PANNs Cnn14 (random weights, saved once as a checkpoint under ``ctx.root``, see
+  :mod:`pipeline.bench.teachers`; the clip embedding, as the paper used PANNs) → mobile_fcn at
+  its 16 kHz front end. Target >= 20.
 * "P1-musicnn": musicnn with its real weights (max_pool layer, one frame per 3 s) → cp_resnet at
   its 32 kHz front end. Report only: the student is heavy and the teacher light here, so the
   cache can save little.
@@ -34,11 +37,9 @@ clip of teacher and student step and the load average.
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import statistics
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,27 +49,26 @@ import soundfile as sf
 import soxr
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from pipeline.bench import BenchContext, Figure, device_name, measure_cases, median_seconds
 from pipeline.bench.corpus import make_corpus
+from pipeline.bench.epochs import epoch_runner, flops_per_clip
+from pipeline.bench.stores import ensure_store
+from pipeline.bench.teachers import make_teacher
 from pipeline.data.audio import load_audio
 from pipeline.data.manifest import Manifest
 from pipeline.extract.frontends import MelFrontEnd, create_frontend
-from pipeline.extract.local import Encoder, extract, max_frames_for
-from pipeline.stores.zarr_store import COMPLETE_MARKER, StoreError, read_store
-from pipeline.students import Student, create_student
-from pipeline.teachers import Teacher, create_teacher
+from pipeline.extract.local import max_frames_for
+from pipeline.students import create_student
+from pipeline.teachers import Teacher
 from pipeline.train.config import TrainConfig
-from pipeline.train.loader import ClipDataset, ShardAwareSampler, collate, fit_frames
-from pipeline.train.loop import train_one_epoch
+from pipeline.train.loader import ClipDataset, collate, fit_frames
+from pipeline.train.samplers import ShardAwareSampler
 
 FULL_CLIPS = 128
 MIN_CLIPS = 8
 BATCH_SIZE = 16
 CLIP_S = 10.0
-SHARD_SIZE = 256  # extract()'s default; the sampler's order depends on it
 SEED = 1223
 
 
@@ -93,54 +93,21 @@ CASES = (
 )
 
 
-# -- teachers and stores ---------------------------------------------------------------------------
-def random_cnn14_weights(folder: Path, seed: int = 0) -> Path:
-    """A Cnn14 checkpoint (``{'model': state_dict}``) with random weights, written once."""
-    from pipeline.teachers.panns import build_cnn14
-
-    path = folder / f"cnn14-random-seed{seed}.pth"
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(seed)
-        partial = path.with_name(path.name + ".partial")
-        torch.save({"model": build_cnn14().state_dict()}, partial)
-        os.replace(partial, path)
-    return path
-
-
-def make_teacher(case: Case, ctx: BenchContext) -> Teacher:
-    """The teacher of ``case`` on ``ctx.device``; Cnn14 gets random weights and its clip layer."""
-    if case.teacher == "panns":
-        weights = random_cnn14_weights(Path(ctx.root) / "on_the_fly")
-        return create_teacher("panns", weights=weights, device=ctx.device, layer="clip")
-    return create_teacher(case.teacher, device=ctx.device)
-
-
-def ensure_store(manifest: Manifest, encoder: Encoder, path: Path, jobs: int) -> tuple[float, bool]:
-    """Make ``path`` with :func:`extract` unless a complete store of the same data is there.
-
-    Returns the extraction time in seconds (recorded by the run that made the store) and whether
-    the store was reused.
-    """
-    try:
-        store = read_store(path)
-        expected = json.loads(json.dumps(encoder.fingerprint(), sort_keys=True))
-        if store.fingerprint == expected and store.clip_ids == manifest.clip_ids:
-            return float(json.loads((path / COMPLETE_MARKER).read_text())["seconds"]), True
-    except (StoreError, KeyError, ValueError):
-        pass
-    summary = extract(
-        manifest, encoder, path, shard_size=SHARD_SIZE, jobs=jobs, overwrite=True, progress=False
-    )
-    return summary.seconds, False
-
-
 # -- the on-the-fly data path --------------------------------------------------------------------
 def decode_at(path: str, rates: Sequence[int]) -> list[np.ndarray]:
     """Decode ``path`` once and resample it to each rate in ``rates`` (mono float32 each).
 
     Gives exactly ``load_audio(path, sr_hz=rate)`` per rate: that too averages the channels at
     the file's rate, then resamples with soxr's HQ setting.
+
+    Parameters
+    ----------
+    path : str -- an audio file
+    rates : sequence of int -- sampling rates in Hz
+
+    Returns
+    -------
+    list of np.ndarray, (samples,) float32 -- one waveform per rate, in the order of ``rates``.
     """
     native = sf.info(path).samplerate
     mono = load_audio(path, sr_hz=native)
@@ -157,6 +124,13 @@ class AudioClips(Dataset):
 
     Items: ``wave`` (samples,) float32 at ``teacher_rate_hz``; ``mel`` (n_mels, mel_frames)
     float32 tensor; ``labels`` / ``mask`` (classes,) tensors; ``index``.
+
+    Parameters
+    ----------
+    manifest : Manifest -- the clips, in item order
+    teacher_rate_hz : int -- sampling rate of ``wave`` in Hz
+    frontend : MelFrontEnd -- the student's mel front end
+    mel_frames : int -- frames of every mel, cut or repeated from the start to fit
     """
 
     def __init__(
@@ -188,7 +162,17 @@ class AudioClips(Dataset):
 
 
 def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the tensors of :class:`AudioClips` items; waveforms stay a list (``waves``)."""
+    """Stack the tensors of :class:`AudioClips` items; waveforms stay a list (``waves``).
+
+    Parameters
+    ----------
+    items : list of dict -- N items of :class:`AudioClips`
+
+    Returns
+    -------
+    dict -- ``waves`` (list of N arrays), ``mel`` (N, n_mels, frames), ``labels`` and ``mask``
+    (N, classes), ``index`` (N,) int64.
+    """
     return {
         "waves": [it["wave"] for it in items],
         "mel": torch.stack([it["mel"] for it in items]),
@@ -201,7 +185,18 @@ def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
 def with_teacher(
     loader: Iterable[dict[str, Any]], teacher: Teacher, frames: int
 ) -> Iterator[dict[str, Any]]:
-    """Batches of ``loader`` with ``teachers`` = [(N, frames, D)] computed now by ``teacher``."""
+    """Batches of ``loader`` with ``teachers`` = [(N, frames, D)] computed now by ``teacher``.
+
+    Parameters
+    ----------
+    loader : iterable of dict -- batches of :func:`collate_audio`; their ``waves`` are consumed
+    teacher : Teacher -- embeds each batch's waveforms
+    frames : int -- teacher frames per clip, cut or repeated from the start to fit
+
+    Yields
+    ------
+    dict -- the batch with float32 ``teachers`` in place of ``waves``.
+    """
     for batch in loader:
         embeddings = teacher.embed(batch.pop("waves"))
         stacked = np.stack([fit_frames(e, frames) for e in embeddings]).astype(np.float32)
@@ -212,10 +207,21 @@ def with_teacher(
 def store_loader(
     dataset: ClipDataset, cfg: TrainConfig, device: torch.device
 ) -> tuple[DataLoader, ShardAwareSampler]:
-    """The training DataLoader of one process, as :mod:`pipeline.train.loop` sets it up, and its sampler.
+    """The training DataLoader of one process, as :mod:`pipeline.train.loop` sets it up.
 
     Shard-aware order from ``cfg.seed``, whole batches of ``cfg.batch_size``, ``cfg.workers``
     persistent workers.
+
+    Parameters
+    ----------
+    dataset : ClipDataset -- the cached clips
+    cfg : TrainConfig -- batch size, workers, shard window and seed
+    device : torch.device -- memory is pinned for CUDA
+
+    Returns
+    -------
+    loader : DataLoader
+    sampler : ShardAwareSampler -- its clip order, to share with another loader
     """
     sampler = ShardAwareSampler(dataset.shard_ids, window=cfg.shard_window, seed=cfg.seed)
     loader = DataLoader(
@@ -231,54 +237,24 @@ def store_loader(
     return loader, sampler
 
 
-def epoch_runner(
-    model: Student,
-    optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    batches: Callable[[], Iterable[dict[str, Any]]],
-    device: torch.device,
-) -> Callable[[], None]:
-    """A function that trains ``model`` for one pass over ``batches()`` with train.py's step."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-
-    def run_epoch() -> None:
-        with tqdm(disable=True) as bar:
-            train_one_epoch(model, batches(), optimizer, cfg, [], generator, device, bar)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    return run_epoch
-
-
-def flops_per_clip(
-    teacher: Teacher, model: Student, mel_frames: int, clip_s: float
-) -> dict[str, float]:
-    """GFLOP per clip of the teacher's forward and of the student's forward + backward.
-
-    Counted by torch's FlopCounterMode (convolutions and matrix products; the rest is small):
-    the floor under each side's time that no data path can remove.
-    """
-    wave = np.zeros(int(clip_s * teacher.sample_rate_hz), dtype=np.float32)
-    with FlopCounterMode(display=False) as counter:
-        teacher.embed([wave])
-    teacher_gflop = counter.get_total_flops() / 1e9
-    student = copy.deepcopy(model).train()
-    device = next(student.parameters()).device
-    mel = torch.zeros(2, student.n_mels, mel_frames, device=device)  # 2: BatchNorm trains
-    with FlopCounterMode(display=False) as counter:
-        logits, features = student(mel)
-        (logits.sum() + features.sum()).backward()
-    return {"teacher_forward": teacher_gflop, "student_step": counter.get_total_flops() / 2e9}
-
-
 def measure(ctx: BenchContext, case: Case) -> Figure:
-    """Time the cached and the on-the-fly epoch of ``case``; their ratio is the figure."""
+    """Time the cached and the on-the-fly epoch of ``case``; their ratio is the figure.
+
+    Parameters
+    ----------
+    ctx : BenchContext
+    case : Case -- one of :data:`CASES`
+
+    Returns
+    -------
+    Figure -- the row ``case.id``: on-the-fly seconds per epoch ÷ cached seconds per epoch.
+    """
     n = ctx.size(FULL_CLIPS, minimum=MIN_CLIPS)
     batch_size = min(BATCH_SIZE, n)
     manifest = make_corpus(ctx.root, n, duration_s=CLIP_S)
     folder = Path(ctx.root) / "on_the_fly" / f"{manifest.name}-{CLIP_S:g}s"
     device = torch.device(ctx.device)
-    teacher = make_teacher(case, ctx)
+    teacher = make_teacher(case.teacher, ctx)
     frontend = create_frontend(case.student)  # mels on the CPU, as the mel store is made
     mel_path = folder / f"{frontend.name}.zarr"
     teacher_path = folder / f"{case.teacher}-{getattr(teacher, 'layer', '')}.zarr"
@@ -389,5 +365,14 @@ def measure(ctx: BenchContext, case: Case) -> Figure:
 
 
 def run(ctx: BenchContext) -> list[Figure]:
-    """P1 and P1-musicnn (those that ``ctx`` asks for); a failing case becomes an error row."""
+    """P1 and P1-musicnn (those that ``ctx`` asks for); a failing case becomes an error row.
+
+    Parameters
+    ----------
+    ctx : BenchContext
+
+    Returns
+    -------
+    list of Figure
+    """
     return measure_cases(ctx, CASES, measure, lambda case: f"epoch time {case.label}")

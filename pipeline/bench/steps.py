@@ -24,6 +24,8 @@ FULL_STEPS = 200  # timed steps at scale 1
 
 @dataclass(frozen=True)
 class Case:
+    """One student of T1, with the input and teacher sizes and the step count the paper used."""
+
     id: str
     student: str
     n_classes: int
@@ -41,7 +43,20 @@ CASES = (
 
 
 def step_seconds(case: Case, *, device: str, bf16: bool, steps: int, warmup: int) -> float:
-    """Seconds per training step of ``case`` (total over ``steps`` ÷ steps)."""
+    """Seconds per training step of ``case`` (total over ``steps`` ÷ steps).
+
+    Parameters
+    ----------
+    case : Case
+    device : str -- torch device
+    bf16 : bool -- under bf16 autocast, else float32
+    steps : int >= 1 -- timed steps
+    warmup : int >= 0 -- untimed steps first
+
+    Returns
+    -------
+    float -- seconds per step.
+    """
     dev = torch.device(device)
     torch.manual_seed(0)
     model = create_student(case.student, n_classes=case.n_classes, n_mels=case.n_mels).to(dev)
@@ -61,6 +76,17 @@ def step_seconds(case: Case, *, device: str, bf16: bool, steps: int, warmup: int
 
 
 def measure(ctx: BenchContext, case: Case) -> Figure:
+    """Time ``case``'s step in float32 and under bf16 autocast.
+
+    Parameters
+    ----------
+    ctx : BenchContext -- ``scale`` sets the steps (200 at scale 1, at least 2)
+    case : Case
+
+    Returns
+    -------
+    Figure -- the row ``case.id``: bf16 clips/s ÷ float32 clips/s.
+    """
     steps = max(2, round(FULL_STEPS * ctx.scale))
     warmup = max(1, round(WARMUP_STEPS * min(ctx.scale, 1.0)))
     seconds = {
@@ -91,5 +117,14 @@ def measure(ctx: BenchContext, case: Case) -> Figure:
 
 
 def run(ctx: BenchContext) -> list[Figure]:
-    """T1 for each student that ``ctx`` asks for; a failing case becomes an error row."""
+    """T1 for each student that ``ctx`` asks for; a failing case becomes an error row.
+
+    Parameters
+    ----------
+    ctx : BenchContext
+
+    Returns
+    -------
+    list of Figure
+    """
     return measure_cases(ctx, CASES, measure, lambda case: f"{case.student} training step")

@@ -10,7 +10,9 @@
   the same store.
 
 Both are written under ``ctx.root / "stores" / name`` and reused by later runs when they are
-complete and hold the manifest's clips.
+complete and hold the manifest's clips. :func:`ensure_store` does the same for any encoder's
+store and reports the extraction time; :func:`newer_than` tells whether a file derived from
+stores is fresh.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import numpy as np
 from pipeline.bench import BenchContext
 from pipeline.data.manifest import Manifest
 from pipeline.extract.frontends import create_frontend
-from pipeline.extract.local import extract
-from pipeline.stores.zarr_store import StoreError, open_store, read_store
+from pipeline.extract.local import Encoder, extract
+from pipeline.stores import COMPLETE_MARKER, StoreError, open_store, read_store
 
 TEACHER_FRAMES = 11
 TEACHER_DIM = 768
-SHARD_SIZE = 256
+SHARD_SIZE = 256  # extract()'s default; the sampler's order depends on it
 
 
 def _as_stored(fingerprint: dict) -> dict:
@@ -47,10 +49,37 @@ def _is_ready(path: Path, clip_ids: list[str], fingerprint: dict | None = None) 
     return store.clip_ids == clip_ids
 
 
+def newer_than(path: Path, *stores: Path) -> bool:
+    """Whether ``path`` exists and was written after every store in ``stores`` was completed.
+
+    Parameters
+    ----------
+    path : Path -- a file derived from the stores (a copy, a flat file, a marker)
+    *stores : Path -- complete clip stores (folders holding their completion marker)
+
+    Returns
+    -------
+    bool -- False if ``path`` is missing or older than any store's completion marker.
+    """
+    if not path.exists():
+        return False
+    return all(path.stat().st_mtime >= (s / COMPLETE_MARKER).stat().st_mtime for s in stores)
+
+
 def build_mel_store(ctx: BenchContext, manifest: Manifest, path: Path) -> Path:
     """The mobile_fcn log-mel store of ``manifest`` at ``path``, extracted unless already there.
 
     Decoding runs in ``ctx.workers`` processes; mels are computed on the CPU.
+
+    Parameters
+    ----------
+    ctx : BenchContext -- its ``workers`` are used
+    manifest : Manifest -- the clips
+    path : Path -- the store; one made with other settings or other clips is replaced
+
+    Returns
+    -------
+    Path -- ``path``, a complete store of (frames, 96) log-mels.
     """
     frontend = create_frontend("mobile_fcn")
     if _is_ready(path, manifest.clip_ids, frontend.fingerprint()):
@@ -63,7 +92,18 @@ def build_mel_store(ctx: BenchContext, manifest: Manifest, path: Path) -> Path:
 
 
 def build_teacher_store(manifest: Manifest, path: Path, *, seed: int = 0) -> Path:
-    """A store of random (11, 768) float16 embeddings per clip (PaSST's shape) at ``path``."""
+    """A store of random (11, 768) float16 embeddings per clip (PaSST's shape) at ``path``.
+
+    Parameters
+    ----------
+    manifest : Manifest -- the clips
+    path : Path -- the store; reused if complete with the same clips and seed
+    seed : int -- the values of shard ``k`` come from ``default_rng([seed, k])``
+
+    Returns
+    -------
+    Path -- ``path``.
+    """
     fingerprint = {
         "teacher": "passt-shaped random values",
         "frames": TEACHER_FRAMES,
@@ -90,6 +130,37 @@ def build_teacher_store(manifest: Manifest, path: Path, *, seed: int = 0) -> Pat
     return path
 
 
+def ensure_store(
+    manifest: Manifest, encoder: Encoder, path: Path, jobs: int, *, shard_size: int = SHARD_SIZE
+) -> tuple[float, bool]:
+    """Make ``path`` with :func:`extract` unless a complete store of the same data is there.
+
+    Parameters
+    ----------
+    manifest : Manifest -- the clips the store must hold
+    encoder : Encoder -- teacher or mel front end; its fingerprint must match the store's
+    path : Path -- the store
+    jobs : int >= 1 -- decode worker processes of :func:`extract`
+    shard_size : int > 0 -- clips per shard of a new store
+
+    Returns
+    -------
+    seconds : float -- the extraction time, recorded by the run that made the store
+    reused : bool -- whether the store was already there
+    """
+    try:
+        store = read_store(path)
+        expected = _as_stored(encoder.fingerprint())
+        if store.fingerprint == expected and store.clip_ids == manifest.clip_ids:
+            return float(json.loads((path / COMPLETE_MARKER).read_text())["seconds"]), True
+    except (StoreError, KeyError, ValueError):
+        pass
+    summary = extract(
+        manifest, encoder, path, shard_size=shard_size, jobs=jobs, overwrite=True, progress=False
+    )
+    return summary.seconds, False
+
+
 def build_stores(ctx: BenchContext, manifest: Manifest, name: str) -> tuple[Path, Path]:
     """(mel store, teacher-shaped store) of ``manifest`` under ``ctx.root / "stores" / name``.
 
@@ -101,7 +172,7 @@ def build_stores(ctx: BenchContext, manifest: Manifest, name: str) -> tuple[Path
 
     Returns
     -------
-    Paths of ``mel-mobile_fcn.zarr`` and ``teacher-passt-shaped.zarr``, both complete.
+    tuple of Path -- ``mel-mobile_fcn.zarr`` and ``teacher-passt-shaped.zarr``, both complete.
     """
     folder = Path(ctx.root) / "stores" / name
     folder.mkdir(parents=True, exist_ok=True)

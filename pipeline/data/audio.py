@@ -50,15 +50,27 @@ def load_audio(
 
     Parameters
     ----------
-    path : audio file (wav, flac, ogg/vorbis/opus, mp3, …)
-    sr_hz : int > 0 -- output sample rate in Hz; resampled with soxr (high quality) if needed
-    min_duration_s : float >= 0 -- shorter audio raises :class:`TooShortAudio`
-    max_duration_s : float > 0, optional -- keep only the first ``max_duration_s`` seconds
-    clip : name used in error messages (defaults to the path)
+    path : str or os.PathLike
+        Audio file (wav, flac, ogg/vorbis/opus, mp3, …).
+    sr_hz : int > 0
+        Output sample rate in Hz; resampled with soxr (high quality) if needed.
+    min_duration_s : float >= 0
+        Shorter audio (in seconds) raises :class:`TooShortAudio`.
+    max_duration_s : float > 0, optional
+        Keep only the first ``max_duration_s`` seconds.
+    clip : str, optional
+        Name used in error messages (defaults to the path).
 
     Returns
     -------
     np.ndarray, shape (n_samples,), float32
+        The mono waveform at ``sr_hz``.
+
+    Raises
+    ------
+    AudioError
+        One of its subclasses: :class:`UndecodableAudio`, :class:`EmptyAudio`,
+        :class:`TruncatedAudio`, :class:`NonFiniteAudio`, :class:`TooShortAudio`.
     """
     name = clip if clip is not None else str(path)
     if not os.path.isfile(path):
@@ -143,7 +155,18 @@ def _undecodable_cause(path: str | os.PathLike, err: Exception) -> str:
 
 
 def probe_duration(path: str | os.PathLike) -> float:
-    """Duration in seconds from the file header; NaN when the file cannot be opened."""
+    """Duration in seconds from the file header; NaN when the file cannot be opened.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Audio file.
+
+    Returns
+    -------
+    float
+        Frames over sample rate, in seconds, as the header declares (the file is not decoded).
+    """
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError):

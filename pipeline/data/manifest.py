@@ -14,8 +14,6 @@ half of them are rejected, which points at a wrong folder rather than at a few b
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -29,6 +27,7 @@ import pyarrow.parquet as pq
 from joblib import Parallel, delayed
 
 from pipeline.data.audio import probe_duration
+from pipeline.fileio import atomic_path, write_csv
 
 SPLITS = ("train", "valid", "test")
 FIXED_COLUMNS = ("clip_id", "path", "split", "duration_s")
@@ -43,13 +42,41 @@ class ManifestError(ValueError):
 
 
 def listing(items: Sequence[object], limit: int = 10) -> str:
+    """The first ``limit`` items as reprs joined by commas, with a count of the rest.
+
+    Parameters
+    ----------
+    items : sequence
+        What to list (clip IDs, offending cells, …).
+    limit : int
+        Items shown at most.
+
+    Returns
+    -------
+    str
+        E.g. ``"'a', 'b' … and 3 more"``.
+    """
     shown = ", ".join(repr(x) for x in items[:limit])
     return shown + (f" … and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def clip_difference(held: Sequence[str], wanted: Sequence[str]) -> str:
-    """How a store's clip IDs (``held``) differ from a manifest's (``wanted``), "" if they are
-    the same set (the order does not matter: stores are read by clip ID)."""
+    """How a store's clip IDs (``held``) differ from a manifest's (``wanted``).
+
+    Parameters
+    ----------
+    held : sequence of str
+        Clip IDs of the store.
+    wanted : sequence of str
+        Clip IDs of the manifest.
+
+    Returns
+    -------
+    str
+        The clips missing from the store and those it has beyond the manifest (a few of each
+        named); "" if both are the same set (the order does not matter: stores are read by
+        clip ID).
+    """
     held_set, wanted_set = set(held), set(wanted)
     if held_set == wanted_set:
         return ""
@@ -77,6 +104,21 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Manifest:
+    """The clips of one dataset: paths, splits, durations and labels (see the module docstring).
+
+    Attributes
+    ----------
+    name : str
+        Dataset name.
+    classes : tuple of str
+        Label columns, in order.
+    clips : pd.DataFrame
+        One row per clip: the fixed columns, then one nullable ``Int8`` column per class.
+    rejected : tuple of Rejection
+        Rows of the source left out (not written to the Parquet file; see
+        :meth:`write_rejected`).
+    """
+
     name: str
     classes: tuple[str, ...]
     clips: pd.DataFrame
@@ -88,6 +130,7 @@ class Manifest:
 
     @property
     def clip_ids(self) -> list[str]:
+        """The clip IDs, in row order."""
         return self.clips["clip_id"].tolist()
 
     def labels(self) -> np.ndarray:
@@ -99,38 +142,78 @@ class Manifest:
         return self.clips[list(self.classes)].notna().to_numpy()
 
     def split(self, name: str) -> Manifest:
+        """The clips of split ``name`` (train / valid / test), renumbered from 0.
+
+        Parameters
+        ----------
+        name : str
+            One of :data:`SPLITS`.
+
+        Returns
+        -------
+        Manifest
+            Same name and classes, the rows of that split only, no rejected rows.
+        """
         rows = self.clips[self.clips["split"] == name].reset_index(drop=True)
         return Manifest(self.name, self.classes, rows)
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file + rename) so a killed run leaves the old file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the clips as Parquet, atomically, so a killed run leaves the old file.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.parquet`` file; its folder is created if missing.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         table = pa.Table.from_pandas(self.clips, preserve_index=False)
         meta = {"name": self.name, "classes": list(self.classes)}
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()}
         )
-        tmp = path.with_name(path.name + ".partial")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return Path(path)
 
     def write_rejected(self, path: str | os.PathLike) -> Path:
-        """The rejected rows as a CSV table (clip_id, path, cause), header only if none."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(REJECTED_COLUMNS)
-        writer.writerows((r.clip_id, r.path, r.cause) for r in self.rejected)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(text.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write the rejected rows as a CSV table (clip_id, path, cause), header only if none.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.csv`` file, written atomically; its folder is created if missing.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
+        rows = ((r.clip_id, r.path, r.cause) for r in self.rejected)
+        return write_csv(path, REJECTED_COLUMNS, rows)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Manifest:
+        """Read a manifest written by :meth:`write`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The Parquet file.
+
+        Returns
+        -------
+        Manifest
+            Name, classes and clips as written (no rejected rows).
+
+        Raises
+        ------
+        ManifestError
+            If the file has no manifest metadata (not written by this pipeline).
+        """
         table = pq.read_table(path)
         raw = (table.schema.metadata or {}).get(_META_KEY)
         if raw is None:
@@ -170,14 +253,48 @@ def make_manifest(
 ) -> Manifest:
     """Validate and assemble a manifest.
 
-    ``labels`` is (N, C) with values in {0, 1}; ``mask`` (N, C) bool marks known labels (all
-    known when omitted). Unknown split names and bad label values raise :class:`ManifestError`
-    listing every offender. Rows with a problem of their own are left out and listed in
-    ``rejected``, one cause each: an empty clip ID, a clip ID already used by an earlier row
-    (the first row keeps it), and (with ``check_paths``) an audio file that does not exist or
-    cannot be read. ``sources`` names where each row comes from (e.g. "line 7" of a CSV) for
-    those causes. More than ``max_rejected_fraction`` of the rows rejected (or all of them)
-    raises :class:`ManifestError` instead.
+    Unknown split names and bad label values raise :class:`ManifestError` listing every
+    offender. Rows with a problem of their own are left out and listed in ``rejected``, one
+    cause each: an empty clip ID, a clip ID already used by an earlier row (the first row keeps
+    it), and (with ``check_paths``) an audio file that does not exist or cannot be read. More
+    than ``max_rejected_fraction`` of the rows rejected (or all of them) raises
+    :class:`ManifestError` instead.
+
+    Parameters
+    ----------
+    name : str
+        Dataset name.
+    clip_ids : sequence of str, length N
+        One ID per clip.
+    paths : sequence of path-like, length N
+        Audio files; made absolute (``~`` expanded).
+    splits : sequence of str, length N
+        Each one of :data:`SPLITS`.
+    classes : sequence of str, length C
+        Class names, unique, none of :data:`FIXED_COLUMNS`.
+    labels : np.ndarray, shape (N, C)
+        Values in {0, 1} where known.
+    mask : np.ndarray, shape (N, C), bool, optional
+        True where the label is known; all known when omitted.
+    durations_s : sequence of float, length N, optional
+        Clip durations in seconds; read from the file headers when omitted.
+    check_paths : bool
+        Reject rows whose audio file does not exist or cannot be read.
+    sources : sequence of str, length N, optional
+        Where each row comes from (e.g. "CSV line 7"), named in the rejection causes.
+    max_rejected_fraction : float
+        Largest share of rejected rows that still gives a manifest.
+
+    Returns
+    -------
+    Manifest
+        The kept rows, and the rejected ones in :attr:`Manifest.rejected`.
+
+    Raises
+    ------
+    ManifestError
+        If the inputs do not line up, or on bad splits, classes or labels, or too many
+        rejected rows.
     """
     n, classes = len(clip_ids), list(classes)
     labels = np.asarray(labels)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluate.evaluation import PREDICTIONS, load_predictions
+from pipeline.evaluate.scoring import PREDICTIONS, load_predictions
 from pipeline.evaluate.stats import (
     ArmResult,
     ArmScores,
@@ -76,10 +76,21 @@ class Arm:
 
     @property
     def seeds(self) -> tuple[int, ...]:
+        """The seeds of the arm's runs, ascending."""
         return tuple(sorted(self.folders))
 
     def scores(self) -> ArmScores:
-        """Test predictions of every seed, on the same clips (checked)."""
+        """Test predictions of every seed, on the same clips (checked).
+
+        Returns
+        -------
+        ArmScores -- scores (S, N, C) in the order of :attr:`seeds`, labels and mask (N, C)
+
+        Raises
+        ------
+        ValueError
+            When two seeds were tested on different clips.
+        """
         loaded = [load_predictions(self.folders[s]) for s in self.seeds]
         first = loaded[0]
         for seed, other in zip(self.seeds[1:], loaded[1:], strict=True):
@@ -112,6 +123,7 @@ class Context:
 
     @property
     def label_fraction(self) -> float:
+        """Fraction of the training clips whose labels the runs used."""
         return float(self.settings.get("label_fraction", 1.0))
 
 
@@ -157,6 +169,14 @@ def collect_arms(runs_dir: str | Path) -> list[Arm]:
 
     Two runs of one arm with the same seed (trained on stores extracted at different times)
     keep the one evaluated last, with a warning.
+
+    Parameters
+    ----------
+    runs_dir : a dataset's run folder, ``data/runs/<dataset>``
+
+    Returns
+    -------
+    list[Arm] -- in the order of their first folder's name
     """
     arms: dict[str, Arm] = {}
     for folder in sorted(Path(runs_dir).iterdir()):
@@ -194,6 +214,15 @@ def compare_runs(runs_dir: str | Path, *, draws: int = DRAWS) -> list[Context]:
 
     Probes join every context of their label fraction and front end. A context without a
     baseline arm gets no differences (``Context.note`` says so).
+
+    Parameters
+    ----------
+    runs_dir : a dataset's run folder, ``data/runs/<dataset>``
+    draws : bootstrap resamples of the test clips
+
+    Returns
+    -------
+    list[Context]
     """
     arms = collect_arms(runs_dir)
     students: dict[str, list[Arm]] = defaultdict(list)
@@ -239,7 +268,18 @@ def _compare(settings: dict[str, Any], arms: list[Arm], draws: int) -> Context:
 
 
 def context_title(context: Context, contexts: list[Context]) -> str:
-    """What sets this context apart from the others (``label fraction 0.25``), or ``all runs``."""
+    """What sets this context apart from the others.
+
+    Parameters
+    ----------
+    context : one of ``contexts``
+    contexts : every context shown together
+
+    Returns
+    -------
+    str -- the settings that differ between contexts, with this context's values
+    (``label fraction 0.25``), or ``all runs``
+    """
     keys = sorted({k for c in contexts for k in c.settings} - {"classes"})
     differing = [
         k for k in keys if len({json.dumps(c.settings.get(k), default=str) for c in contexts}) > 1

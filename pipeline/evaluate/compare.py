@@ -6,6 +6,9 @@ The arms are the student without a teacher, EAsT with the teacher(s) and EAsT-KD
 seeds 4 and 5 only, since finished runs are found by their configuration and reused). Label
 fractions and λ values multiply the arms. Training goes through :func:`pipeline.train.loop.train`
 one run after the other, so ``torchrun`` and a GPU work as for one run.
+
+:func:`compare_stage` is the whole of ``make compare``; :func:`report_stage` is ``make report``,
+the report of every run of a dataset with the same comparison of arms.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.devices import resolve_device
 from pipeline.evaluate.arms import compare_runs
 from pipeline.evaluate.comparison_report import comparison_text
 from pipeline.evaluate.evaluation import evaluate_all
-from pipeline.evaluate.report import write_report
+from pipeline.evaluate.report import collect_runs, comparison_table, write_report
 from pipeline.paths import runs_path
 from pipeline.train.config import ConfigError, TrainConfig, train_config
 from pipeline.train.distributed import process_device, process_group, processes_from_env
-from pipeline.train.loop import resolve_device, train
+from pipeline.train.loop import train
 
 # Settings a comparison sets itself, and the options that set them instead.
 SET_BY_COMPARISON = {
@@ -130,3 +134,91 @@ def run_comparison(
     report = write_report(runs_path(data_dir, dataset), data_dir / "reports" / dataset)
     say(f"report: {report}")
     return comparison_text(compare_runs(runs_path(data_dir, dataset)))
+
+
+def compare_stage(
+    data_dir: str | os.PathLike,
+    dataset: str,
+    teacher: str,
+    *,
+    settings: Mapping[str, Any],
+    seeds: int = 3,
+    label_fractions: Sequence[float] = (1.0,),
+    lambdas: Sequence[float] | None = None,
+    kd: bool = True,
+    preset: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> str:
+    """``make compare``: build the mel store if needed, train the missing runs of the arms,
+    evaluate them and write the report.
+
+    Parameters
+    ----------
+    data_dir : path
+        Root of everything generated.
+    dataset, teacher, seeds, label_fractions, kd, preset :
+        as for :func:`comparison_configs`
+    settings : mapping
+        Training settings (KEY=VALUE) other than those a comparison sets
+        (:func:`check_settings`).
+    lambdas : sequence of float, optional
+        λ values of the teacher arms; None or empty: the preset's (or the paper's).
+    device : str, optional
+        Torch device of the evaluation; default: :func:`pipeline.devices.resolve_device`'s.
+    progress : bool
+        Show progress bars.
+    say : callable
+        Where the lines about progress go.
+
+    Returns
+    -------
+    str
+        The comparison's tables (markdown); "" on processes other than the first.
+    """
+    from pipeline.extract.mels import ensure_mel_store
+
+    check_settings(settings)
+    configs = comparison_configs(
+        dataset,
+        teacher=teacher,
+        seeds=seeds,
+        label_fractions=label_fractions,
+        lambdas=lambdas or [None],
+        kd=kd,
+        preset=preset,
+        **settings,
+    )
+    data_dir = Path(data_dir)
+    ensure_mel_store(data_dir, configs[0].dataset, configs[0].frontend, progress=progress, say=say)
+    return run_comparison(data_dir, configs, device=device, progress=progress, say=say)
+
+
+def report_stage(data_dir: str | os.PathLike, dataset: str) -> str:
+    """``make report``: write a dataset's report and return what to print of it.
+
+    Parameters
+    ----------
+    data_dir : path
+        Root of everything generated; the report goes to ``reports/<dataset>/``.
+    dataset : str
+        The dataset whose runs are compared.
+
+    Returns
+    -------
+    str
+        The table of runs (paths relative to the working folder), the comparison of arms if
+        there is one, and the report's path.
+    """
+    data_dir = Path(data_dir)
+    runs = runs_path(data_dir, dataset)
+    if not runs.is_dir():
+        raise FileNotFoundError(f"no runs for dataset {dataset!r} in {runs}: train first")
+    out = write_report(runs, data_dir / "reports" / dataset)
+    parts = [comparison_table(collect_runs(runs), base=Path.cwd())]
+    comparison = comparison_text(compare_runs(runs))
+    if comparison:
+        parts.append(comparison)
+    parts.append(f"report: {out}")
+    return "\n\n".join(parts)

@@ -8,21 +8,17 @@ Input is :func:`pipeline.evaluate.arms.compare_runs`; :func:`write_comparison` w
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.evaluate.arms import Context, Row, context_title
+from pipeline.evaluate.figures import COLOURS, save_figure
 from pipeline.evaluate.stats import LEVEL, Estimate
+from pipeline.fileio import write_json, write_text
 
-DPI = 120
-COLOURS = colormaps["tab10"].colors
 HEADER = (
     "| arm | seeds | test mAP, mean ± sd over seeds | 95 % CI | Δ mAP vs no teacher | "
     "95 % CI of Δ | p | in words |"
@@ -61,7 +57,16 @@ def _p(value: float) -> str:
 
 
 def verdict(row: Row) -> str:
-    """The difference to the baseline in words a newcomer reads correctly."""
+    """The difference to the baseline in words a newcomer reads correctly.
+
+    Parameters
+    ----------
+    row : one arm of a context
+
+    Returns
+    -------
+    str -- better than, worse than or not told apart from the arm without a teacher
+    """
     d = row.difference
     if row.arm.kind == "baseline":
         return "the reference"
@@ -76,7 +81,16 @@ def verdict(row: Row) -> str:
 
 
 def context_table(context: Context) -> str:
-    """The markdown table of one context."""
+    """The markdown table of one context: one row per arm (:data:`HEADER`).
+
+    Parameters
+    ----------
+    context : one context
+
+    Returns
+    -------
+    str -- markdown, without a trailing newline
+    """
     lines = [HEADER, "|---|--:|--:|--:|--:|--:|--:|---|"]
     for row in context.rows:
         m = row.result.map
@@ -93,8 +107,18 @@ def context_table(context: Context) -> str:
 
 
 def per_class_differences(context: Context, row: Row) -> str:
-    """Per-class Δ AP of one arm against the baseline, largest gain first; ``*`` marks classes
-    whose interval excludes 0."""
+    """Per-class Δ AP of one arm against the baseline, largest gain first.
+
+    Parameters
+    ----------
+    context : the arm's context
+    row : the arm
+
+    Returns
+    -------
+    str -- a markdown table, ``*`` marking classes whose interval excludes 0, and a line
+    counting them; ``""`` for the baseline or without class names
+    """
     if row.difference is None or not context.classes:
         return ""
     pairs = [
@@ -117,7 +141,16 @@ def per_class_differences(context: Context, row: Row) -> str:
 
 
 def comparison_markdown(contexts: list[Context]) -> str:
-    """Tables and per-class details of every context, the method note last."""
+    """Tables and per-class details of every context, the method note last.
+
+    Parameters
+    ----------
+    contexts : from :func:`pipeline.evaluate.arms.compare_runs`
+
+    Returns
+    -------
+    str -- markdown
+    """
     parts = []
     for context in contexts:
         title = context_title(context, contexts)
@@ -137,7 +170,16 @@ def comparison_markdown(contexts: list[Context]) -> str:
 
 
 def comparison_text(contexts: list[Context]) -> str:
-    """The tables and notes of every context with the method note: what commands print."""
+    """The tables and notes of every context with the method note: what commands print.
+
+    Parameters
+    ----------
+    contexts : from :func:`pipeline.evaluate.arms.compare_runs`
+
+    Returns
+    -------
+    str -- ``""`` without contexts
+    """
     parts = []
     for context in contexts:
         parts.append(f"{context_title(context, contexts)} ({context.clips} test clips):")
@@ -150,7 +192,16 @@ def _estimate_json(e: Estimate) -> dict[str, Any]:
 
 
 def comparison_json(contexts: list[Context]) -> list[dict[str, Any]]:
-    """Everything the tables show, for other tools."""
+    """Everything the tables show, for other tools (``comparison.json``).
+
+    Parameters
+    ----------
+    contexts : from :func:`pipeline.evaluate.arms.compare_runs`
+
+    Returns
+    -------
+    list[dict] -- per context its settings, test clips and arms; non-finite numbers are None
+    """
     out = []
     for context in contexts:
         rows = []
@@ -178,11 +229,6 @@ def comparison_json(contexts: list[Context]) -> list[dict[str, Any]]:
     return out
 
 
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-
-
 def _colour_of(contexts: list[Context]) -> dict[str, tuple]:
     labels = sorted({row.arm.label for c in contexts for row in c.rows}, key=_label_order)
     return {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(labels)}
@@ -193,7 +239,13 @@ def _label_order(label: str) -> tuple[int, str]:
 
 
 def plot_seeds(contexts: list[Context], path: Path) -> None:
-    """Per context, one line per arm: each seed's test mAP (dots), the mean and its 95 % CI."""
+    """Per context, one line per arm: each seed's test mAP (dots), the mean and its 95 % CI.
+
+    Parameters
+    ----------
+    contexts : from :func:`pipeline.evaluate.arms.compare_runs`
+    path : the PNG file to write
+    """
     colours = _colour_of(contexts)
     n_rows = sum(len(c.rows) for c in contexts)
     fig = Figure(figsize=(8, 1.2 + 0.42 * n_rows + 0.5 * len(contexts)), layout="constrained")
@@ -212,12 +264,21 @@ def plot_seeds(contexts: list[Context], path: Path) -> None:
         ax.set_title(context_title(context, contexts), fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel("test mAP (dots: seeds; bar: mean with 95 % CI)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_learning_curve(contexts: list[Context], path: Path) -> bool:
-    """Test mAP against the label fraction per arm, with 95 % CI bands; False (nothing written)
-    unless the contexts span more than one fraction."""
+    """Test mAP against the label fraction per arm, with 95 % CI bands.
+
+    Parameters
+    ----------
+    contexts : from :func:`pipeline.evaluate.arms.compare_runs`
+    path : the PNG file to write
+
+    Returns
+    -------
+    bool -- False (nothing written) unless the contexts span more than one label fraction
+    """
     fractions = sorted({c.label_fraction for c in contexts})
     if len(fractions) < 2:
         return False
@@ -247,19 +308,27 @@ def plot_learning_curve(contexts: list[Context], path: Path) -> bool:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def write_comparison(contexts: list[Context], out_dir: Path) -> str:
-    """Write the comparison files into ``out_dir``; return the markdown section ('' if none)."""
+    """Write the comparison files into ``out_dir`` (see the module doc).
+
+    Parameters
+    ----------
+    contexts : from :func:`pipeline.evaluate.arms.compare_runs`
+    out_dir : the report folder, created if missing
+
+    Returns
+    -------
+    str -- the markdown section for the report; ``""`` (nothing written) without contexts
+    """
     if not contexts:
         return ""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "comparison.json.partial"
-    tmp.write_text(json.dumps(comparison_json(contexts), indent=2, ensure_ascii=False))
-    os.replace(tmp, out_dir / "comparison.json")
+    write_json(out_dir / "comparison.json", comparison_json(contexts))
     plot_seeds(contexts, out_dir / "seeds.png")
     parts = ["## Did the teacher help? Arms over seeds, with 95 % confidence intervals"]
     if plot_learning_curve(contexts, out_dir / "learning_curve.png"):
@@ -272,5 +341,5 @@ def write_comparison(contexts: list[Context], out_dir: Path) -> str:
     parts.append(comparison_markdown(contexts))
     parts.append("![Test mAP per seed, mean and 95 % CI per arm](seeds.png)")
     text = "\n\n".join(parts)
-    (out_dir / "comparison.md").write_text(text + "\n")
+    write_text(out_dir / "comparison.md", text + "\n")
     return text

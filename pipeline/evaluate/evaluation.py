@@ -24,94 +24,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+import pipeline.evaluate.scoring
 import pipeline.train.probe
 import pipeline.train.schedule
 from pipeline.data.fractions import labelled_subset
 from pipeline.data.manifest import Manifest
-from pipeline.evaluate.metrics import (
-    average_precision,
-    best_f1_thresholds,
-    f1_scores,
-    label_frequency_map,
-    nanmean,
-    roc_auc,
+from pipeline.devices import resolve_device
+from pipeline.evaluate.scoring import (
+    FIXED_THRESHOLD,
+    PREDICTIONS,
+    save_predictions,
+    score_report,
 )
+from pipeline.fileio import atomic_path, file_sha256, write_json
 from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
-from pipeline.stores.zarr_store import read_store
+from pipeline.stores import read_store
 from pipeline.students import create_student
-from pipeline.train.config import (
-    RECIPE,
-    TrainConfig,
-    of_current_recipe,
-    paper_probe_lr,
-    probe_standardises,
-)
+from pipeline.train.config import RECIPE, TrainConfig, of_current_recipe
 from pipeline.train.loader import ClipDataset, collate
-from pipeline.train.loop import predict_logits, resolve_device
+from pipeline.train.presets import paper_probe_lr, probe_standardises
 from pipeline.train.probe import fit_probe
-
-FIXED_THRESHOLD = 0.4
-PREDICTIONS = "predictions.npz"
+from pipeline.train.steps import predict_logits
 
 
 def _code_digest() -> str:
-    """This module's code and the probe recipe's: a change to either evaluates again."""
+    """This module's code, the scoring's and the probe recipe's: a change evaluates again."""
     digest = hashlib.sha256()
-    for module in (sys.modules[__name__], pipeline.train.probe, pipeline.train.schedule):
+    modules = (pipeline.evaluate.scoring, pipeline.train.probe, pipeline.train.schedule)
+    for module in (sys.modules[__name__], *modules):
         digest.update(inspect.getsource(module).encode())
     return digest.hexdigest()[:16]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
-def _finite_or_none(values: np.ndarray) -> list[float | None]:
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=float)]
-
-
-def score_report(
-    valid: tuple[np.ndarray, np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> tuple[dict[str, float], dict[str, list]]:
-    """Summary and per-class metrics from (scores, labels, mask) of validation and test."""
-    scores, labels, mask = test
-    thresholds = best_f1_thresholds(*valid)
-    ap = average_precision(scores, labels, mask)
-    auc = roc_auc(scores, labels, mask)
-    f1 = f1_scores(scores, labels, mask, thresholds)
-    f1_fixed = f1_scores(scores, labels, mask, FIXED_THRESHOLD)
-    summary = {
-        "map": nanmean(ap),
-        "roc_auc": nanmean(auc),
-        "f1_macro": nanmean(f1),
-        f"f1_macro_at_{FIXED_THRESHOLD}": nanmean(f1_fixed),
-        "label_frequency_map": label_frequency_map(labels, mask),
-    }
-    per_class = {
-        "ap": _finite_or_none(ap),
-        "roc_auc": _finite_or_none(auc),
-        "f1": _finite_or_none(f1),
-        f"f1_at_{FIXED_THRESHOLD}": _finite_or_none(f1_fixed),
-        "threshold": [float(t) for t in thresholds],
-        "positives": [int(v) for v in ((labels > 0.5) & mask).sum(axis=0)],
-        "known": [int(v) for v in mask.sum(axis=0)],
-    }
-    return summary, per_class
 
 
 def _is_current(folder: Path, source: dict[str, Any]) -> bool:
@@ -123,41 +68,29 @@ def _is_current(folder: Path, source: dict[str, Any]) -> bool:
     )
 
 
-def save_predictions(
-    folder: Path, clip_ids: list[str], scores: np.ndarray, labels: np.ndarray, mask: np.ndarray
-) -> None:
-    """Keep the test predictions next to ``metrics.json``: what comparisons resample.
-
-    ``predictions.npz`` holds ``clip_ids`` (N,), ``scores`` (N, C) float32 probabilities,
-    ``labels`` (N, C) and ``mask`` (N, C) bool, exactly as the metrics were computed from.
-    """
-    tmp = folder / (PREDICTIONS + ".partial")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(
-            f,
-            clip_ids=np.asarray(clip_ids, dtype=str),
-            scores=np.asarray(scores, dtype=np.float32),
-            labels=np.asarray(labels, dtype=np.float32),
-            mask=np.asarray(mask, dtype=bool),
-        )
-    os.replace(tmp, folder / PREDICTIONS)
-
-
-def load_predictions(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """What :func:`save_predictions` wrote: clip_ids, scores, labels, mask."""
-    with np.load(Path(folder) / PREDICTIONS) as data:
-        return {k: data[k] for k in ("clip_ids", "scores", "labels", "mask")}
-
-
 def evaluate_run(
     run_dir: str | os.PathLike, data_dir: str | os.PathLike, *, device: str | None = None
 ) -> dict[str, Any] | None:
-    """Evaluate a trained run's ``best.pt`` on the test split; ``None`` if already up to date."""
+    """Evaluate a trained run's ``best.pt`` on the test split.
+
+    Writes ``metrics.json`` and ``predictions.npz`` into the run folder.
+
+    Parameters
+    ----------
+    run_dir : the run folder, holding ``best.pt``
+    data_dir : the data folder with the dataset's manifest and mel store
+    device : where the student runs (default: :func:`pipeline.devices.resolve_device`)
+
+    Returns
+    -------
+    dict or None -- what ``metrics.json`` now holds (see the module doc); ``None`` when it was
+    already up to date
+    """
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     checkpoint_path = run_dir / "best.pt"
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no best.pt (train the run first)")
-    source = {"checkpoint_sha256": _file_sha256(checkpoint_path), "code": _code_digest()}
+    source = {"checkpoint_sha256": file_sha256(checkpoint_path), "code": _code_digest()}
     if _is_current(run_dir, source):
         return None
     torch_device = resolve_device(device)
@@ -195,12 +128,23 @@ def evaluate_run(
         "per_class": per_class,
         "source": source,
     }
-    _write_json_atomic(run_dir / "metrics.json", result)
+    write_json(run_dir / "metrics.json", result)
     return result
 
 
 def probe_folder(teacher: str, *, label_fraction: float = 1.0, seed: int = TrainConfig.seed) -> str:
-    """``probe-<teacher>``, or ``probe-<teacher>-f<fraction>-s<seed>`` for other settings."""
+    """Name of the folder of a teacher's linear probe.
+
+    Parameters
+    ----------
+    teacher : teacher name
+    label_fraction : fraction of the training clips whose labels the probe used
+    seed : the probe's seed
+
+    Returns
+    -------
+    str -- ``probe-<teacher>``, or ``probe-<teacher>-f<fraction>-s<seed>`` for other settings
+    """
     if label_fraction == 1.0 and seed == TrainConfig.seed:
         return f"probe-{teacher}"
     return f"probe-{teacher}-f{label_fraction:g}-s{seed}"
@@ -219,8 +163,21 @@ def evaluate_probe(
 
     Trained on the training split (its labelled part at ``label_fraction < 1``, the subset a
     student of the same seed gets, :func:`pipeline.data.fractions.labelled_subset`) and selected on
-    validation like the KD probes; written to ``data/runs/<dataset>/<probe_folder(...)>/``.
-    ``None`` if already up to date.
+    validation like the KD probes; written to ``data/runs/<dataset>/<probe_folder(...)>/``
+    (``probe.pt``, ``config.json``, ``metrics.json``, ``predictions.npz``).
+
+    Parameters
+    ----------
+    data_dir : the data folder with the manifest, the teacher store and the mel store
+    dataset : dataset name
+    teacher : teacher name (its store's name)
+    frontend : mel front end of the students this probe is compared with
+    seed : seed of the probe and of the labelled subset
+    label_fraction : fraction of the training clips whose labels are used, in (0, 1]
+
+    Returns
+    -------
+    dict or None -- what ``metrics.json`` now holds; ``None`` when it was already up to date
     """
     data_dir = Path(data_dir)
     teacher_store = locate_store(data_dir, dataset, teacher)
@@ -264,7 +221,8 @@ def evaluate_probe(
         (scores["valid"], sets["valid"].labels, sets["valid"].mask),
         (scores["test"], sets["test"].labels, sets["test"].mask),
     )
-    torch.save(probe.state_dict(), folder / "probe.pt")
+    with atomic_path(folder / "probe.pt") as tmp:
+        torch.save(probe.state_dict(), tmp)
     config = {
         "kind": "probe",
         "recipe": RECIPE,
@@ -276,7 +234,7 @@ def evaluate_probe(
         "train_seconds": seconds,
         **{f"probe_{k}": v for k, v in info.items()},
     }
-    _write_json_atomic(folder / "config.json", config)
+    write_json(folder / "config.json", config)
     result = {
         "run": folder.name,
         "kind": "probe",
@@ -289,12 +247,22 @@ def evaluate_probe(
     }
     test = sets["test"]
     save_predictions(folder, list(test.clip_ids), scores["test"], test.labels, test.mask)
-    _write_json_atomic(folder / "metrics.json", result)
+    write_json(folder / "metrics.json", result)
     return result
 
 
 def trained_runs(data_dir: str | os.PathLike, dataset: str | None = None) -> list[Path]:
-    """Run folders whose training has finished (``train.json`` present), sorted."""
+    """Run folders whose training has finished (``train.json`` present), sorted.
+
+    Parameters
+    ----------
+    data_dir : the data folder (runs are under ``runs/<dataset>/``)
+    dataset : only this dataset's runs (default: every dataset's)
+
+    Returns
+    -------
+    list[Path]
+    """
     root = Path(data_dir) / "runs"
     pattern = f"{dataset}/*/train.json" if dataset else "*/*/train.json"
     return sorted(p.parent for p in root.glob(pattern))
@@ -309,7 +277,17 @@ def evaluate_all(
 ) -> list[str]:
     """Evaluate every finished run without up-to-date metrics, and each teacher's probe.
 
-    Returns one line per folder saying what happened.
+    Parameters
+    ----------
+    data_dir : the data folder
+    dataset : only this dataset's runs (default: every dataset's)
+    device : where the students run (default: :func:`pipeline.devices.resolve_device`)
+    probes : also fit and evaluate a linear probe per teacher, seed and label fraction the
+        students used
+
+    Returns
+    -------
+    list[str] -- one line per folder saying what happened
     """
     lines = []
     teachers: set[tuple[str, str, str, int, float]] = set()

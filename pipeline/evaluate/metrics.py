@@ -18,7 +18,18 @@ from sklearn.metrics import (
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-class average precision over observed entries: (C,) float, NaN where undefined."""
+    """Per-class average precision over observed entries.
+
+    Parameters
+    ----------
+    scores : (N, C) probabilities or logits
+    labels : (N, C) in {0, 1}
+    mask : (N, C) bool, true where the label is known
+
+    Returns
+    -------
+    np.ndarray -- (C,) float, NaN where a class has no observed positive or no observed negative
+    """
     out = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
         known = mask[:, c].astype(bool)
@@ -29,7 +40,18 @@ def average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) 
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
-    """Mean of :func:`average_precision` over the classes where it is defined."""
+    """Mean of :func:`average_precision` over the classes where it is defined.
+
+    Parameters
+    ----------
+    scores : (N, C) probabilities or logits
+    labels : (N, C) in {0, 1}
+    mask : (N, C) bool, true where the label is known
+
+    Returns
+    -------
+    float -- mAP; NaN when no class has a defined AP
+    """
     per_class = average_precision(scores, labels, mask)
     return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
 
@@ -39,13 +61,33 @@ def label_frequency_map(labels: np.ndarray, mask: np.ndarray) -> float:
 
     A constant score per class ranks every clip equally, so its AP is the positive rate among the
     observed labels: the chance level a trained student must beat.
+
+    Parameters
+    ----------
+    labels : (N, C) in {0, 1}
+    mask : (N, C) bool, true where the label is known
+
+    Returns
+    -------
+    float -- that mAP; NaN when no class has a defined AP
     """
     constant = np.broadcast_to(np.zeros(labels.shape[1]), labels.shape)
     return mean_average_precision(constant, labels, mask)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-class ROC-AUC over observed entries: (C,) float, NaN where undefined."""
+    """Per-class ROC-AUC over observed entries.
+
+    Parameters
+    ----------
+    scores : (N, C) probabilities or logits
+    labels : (N, C) in {0, 1}
+    mask : (N, C) bool, true where the label is known
+
+    Returns
+    -------
+    np.ndarray -- (C,) float, NaN where a class has no observed positive or no observed negative
+    """
     out = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
         known = mask[:, c].astype(bool)
@@ -58,7 +100,19 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndar
 def f1_scores(
     scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, thresholds: np.ndarray | float
 ) -> np.ndarray:
-    """Per-class F1 of ``scores >= threshold`` on observed entries: (C,), NaN if no positives."""
+    """Per-class F1 of ``scores >= threshold`` on observed entries.
+
+    Parameters
+    ----------
+    scores : (N, C) probabilities or logits
+    labels : (N, C) in {0, 1}
+    mask : (N, C) bool, true where the label is known
+    thresholds : (C,) one threshold per class, or one for all, in the units of ``scores``
+
+    Returns
+    -------
+    np.ndarray -- (C,) float, NaN where a class has no observed positive
+    """
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=float), (scores.shape[1],))
     out = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
@@ -72,7 +126,19 @@ def f1_scores(
 def best_f1_thresholds(
     scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, default: float = 0.5
 ) -> np.ndarray:
-    """Per-class threshold maximising F1 on these (validation) scores; else ``default``."""
+    """Per-class threshold maximising F1 on these (validation) scores.
+
+    Parameters
+    ----------
+    scores : (N, C) probabilities or logits
+    labels : (N, C) in {0, 1}
+    mask : (N, C) bool, true where the label is known
+    default : the threshold of a class without an observed positive
+
+    Returns
+    -------
+    np.ndarray -- (C,) float thresholds, in the units of ``scores``
+    """
     out = np.full(scores.shape[1], default)
     for c in range(scores.shape[1]):
         known = mask[:, c].astype(bool)
@@ -86,6 +152,15 @@ def best_f1_thresholds(
 
 
 def nanmean(values: np.ndarray) -> float:
-    """Mean over the defined (finite) entries; NaN if there are none."""
+    """Mean over the defined (finite) entries, without a warning when there are none.
+
+    Parameters
+    ----------
+    values : array of any shape
+
+    Returns
+    -------
+    float -- the mean; NaN if no entry is finite
+    """
     values = np.asarray(values, dtype=float)
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")

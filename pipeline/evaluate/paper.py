@@ -18,15 +18,18 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pipeline.data.manifest import Manifest
+from pipeline.devices import resolve_device
 from pipeline.evaluate.arms import Context, Row, compare_runs
+from pipeline.fileio import write_text
 from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
-from pipeline.stores.zarr_store import read_store
+from pipeline.stores import read_store
 from pipeline.students import create_student
 from pipeline.train.config import ConfigError, TrainConfig
 from pipeline.train.losses import east_loss
@@ -77,7 +80,8 @@ def paper_configs(
     **settings: object,
 ) -> list[TrainConfig]:
     """Every training run of the paper's table: per seed the baseline once, then EAsT and
-    EAsT-KD per teacher (:func:`pipeline.evaluate.compare.comparison_configs`, duplicates dropped)."""
+    EAsT-KD per teacher (:func:`pipeline.evaluate.compare.comparison_configs`, duplicates
+    dropped)."""
     from pipeline.evaluate.compare import comparison_configs
 
     if dataset not in PUBLISHED:
@@ -149,7 +153,7 @@ def estimate_hours(
 ) -> tuple[float, str]:
     """Upper bound of the training time of the runs not yet finished, in hours, and a line
     saying how it was reached (early stopping usually ends runs sooner)."""
-    from pipeline.train.loop import resolve_device, run_dir_for
+    from pipeline.train.checkpoints import run_dir_for
 
     data_dir = Path(data_dir)
     todo = [c for c in configs if not (run_dir_for(c, data_dir) / "train.json").is_file()]
@@ -256,7 +260,7 @@ def write_paper_table(
 ) -> tuple[Path, str]:
     """``data/reports/<dataset>/paper.md`` from the evaluated runs of ``configs``; returns its
     path and text."""
-    from pipeline.train.loop import run_dir_for
+    from pipeline.train.checkpoints import run_dir_for
 
     data_dir = Path(data_dir)
     runs = {run_dir_for(c, data_dir).name for c in configs}
@@ -267,7 +271,73 @@ def write_paper_table(
         + "\n\nPublished: Ding & Lerch, ISMIR 2023 (test: PaSST only; validation: the official "
         "checkpoints' names). Ours: mean over seeds; the interval covers seeds and test clips.\n"
     )
-    out = Path(data_dir) / "reports" / dataset / "paper.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out = write_text(Path(data_dir) / "reports" / dataset / "paper.md", text)
     return out, text
+
+
+def paper_stage(
+    data_dir: str | os.PathLike,
+    dataset: str,
+    *,
+    settings: Mapping[str, Any],
+    seeds: int = 3,
+    teachers: Sequence[str] | None = None,
+    preset: str | None = None,
+    device: str | None = None,
+    estimate_only: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> str:
+    """``make paper``: build the mel store if needed, say what training the table costs, train
+    and evaluate its missing runs and write the table beside the published figures.
+
+    Parameters
+    ----------
+    data_dir : path
+        Root of everything generated.
+    dataset : str
+        ``openmic`` or ``magnatagatune``.
+    settings : mapping
+        Training settings (KEY=VALUE) other than those a comparison sets
+        (:func:`pipeline.evaluate.compare.check_settings`).
+    seeds : int
+        Seeds per arm.
+    teachers : sequence of str, optional
+        A subset of :data:`PAPER_TEACHERS`; default: all four.
+    preset : str, optional
+        Hyper-parameter preset; default: the dataset's.
+    device : str, optional
+        Torch device of the evaluation; default: :func:`pipeline.devices.resolve_device`'s.
+    estimate_only : bool
+        Stop after saying the estimate of the training time.
+    progress : bool
+        Show progress bars.
+    say : callable
+        Where the lines about progress go.
+
+    Returns
+    -------
+    str
+        The table (markdown) and its file's path; "" with ``estimate_only`` and on processes
+        other than the first.
+    """
+    from pipeline.evaluate.compare import check_settings, run_comparison
+    from pipeline.extract.mels import ensure_mel_store
+
+    check_settings(settings)
+    configs = paper_configs(
+        dataset, seeds=seeds, teachers=teachers or PAPER_TEACHERS, preset=preset, **settings
+    )
+    data_dir = Path(data_dir)
+    ensure_mel_store(data_dir, configs[0].dataset, configs[0].frontend, progress=progress, say=say)
+    first_process = os.environ.get("RANK", "0") == "0"
+    if first_process:
+        _, line = estimate_hours(data_dir, configs)
+        say(f"training plan: {line}")
+    if estimate_only:
+        return ""
+    run_comparison(data_dir, configs, device=device, progress=progress, say=say)
+    if not first_process:
+        return ""
+    out, text = write_paper_table(data_dir, dataset, configs)
+    return f"{text}\n{out}"

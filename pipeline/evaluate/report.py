@@ -3,8 +3,9 @@
 ``write_report(data/runs/<dataset>, out_dir)`` reads every run folder (students from
 :mod:`pipeline.train.loop`, test metrics from evaluation, ``probe-<teacher>`` linear probes) and
 writes ``report.md``, ``curves.png`` (validation mAP and training BCE per epoch) and
-``per_class_ap.png`` (test AP per class and run). Nothing in the output depends on the date or
-on the order folders are listed in, so the same runs always give the same files.
+``per_class_ap.png`` (test AP per class and run); each run keeps its colour (by position in
+the run list) in both figures. Nothing in the output depends on the date or on the order
+folders are listed in, so the same runs always give the same files.
 """
 
 from __future__ import annotations
@@ -18,18 +19,15 @@ from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.evaluate.arms import compare_runs
 from pipeline.evaluate.comparison_report import write_comparison
+from pipeline.evaluate.figures import COLOURS, save_figure
+from pipeline.fileio import write_text
 from pipeline.train.config import of_current_recipe
 
 DASH = "–"
-DPI = 120
-# Each run keeps its colour (by position in the run list) in both figures.
-COLOURS = colormaps["tab10"].colors
 HEADER = (
     "run | student | teacher | loss | λ | KD | params | test mAP | ROC-AUC "
     "| F1 (threshold tuned on validation) | F1 @ 0.4 | train time"
@@ -58,10 +56,12 @@ class RunSummary:
 
     @property
     def is_probe(self) -> bool:
+        """Whether this is a teacher's linear probe."""
         return self.kind == "probe"
 
     @property
     def is_baseline(self) -> bool:
+        """Whether this is a student trained without a teacher."""
         return not self.is_probe and self.teacher in ("", "none")
 
     @property
@@ -80,7 +80,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_run(folder: Path) -> RunSummary:
-    """Parse one run folder (``config.json`` must exist)."""
+    """Parse one run folder.
+
+    Parameters
+    ----------
+    folder : a run or probe folder with ``config.json`` (``train.json`` and ``metrics.json``
+        are read when present)
+
+    Returns
+    -------
+    RunSummary
+    """
     config = json.loads((folder / "config.json").read_text())
     train = _read_json(folder / "train.json") or {}
     metrics = _read_json(folder / "metrics.json")
@@ -106,8 +116,16 @@ def read_run(folder: Path) -> RunSummary:
 
 
 def collect_runs(runs_dir: Path) -> list[RunSummary]:
-    """Every run under ``runs_dir`` of the current recipe (older ones are left out): probes, then
-    the baseline, then by teacher, KD, name."""
+    """Every run under ``runs_dir`` of the current recipe (older ones are left out).
+
+    Parameters
+    ----------
+    runs_dir : a dataset's run folder, ``data/runs/<dataset>``
+
+    Returns
+    -------
+    list[RunSummary] -- probes, then the baseline, then by teacher, KD, name
+    """
     runs = [
         read_run(d)
         for d in Path(runs_dir).iterdir()
@@ -150,7 +168,17 @@ def _link(run: RunSummary, base: Path) -> str:
 
 
 def comparison_table(runs: list[RunSummary], base: Path | None = None) -> str:
-    """Markdown table of test figures, one row per run; links are relative to ``base``."""
+    """Markdown table of test figures, one row per run, and the label-frequency mAP.
+
+    Parameters
+    ----------
+    runs : from :func:`collect_runs`
+    base : folder the links to run folders are relative to (default: the working folder)
+
+    Returns
+    -------
+    str -- markdown
+    """
     base = Path(base) if base is not None else Path.cwd()
     lines = [f"| {HEADER} |", "|" + "---|" * 3 + ":-:|" * 3 + "--:|" * 6]
     for r in runs:
@@ -173,7 +201,16 @@ def comparison_table(runs: list[RunSummary], base: Path | None = None) -> str:
 
 
 def per_class_table(runs: list[RunSummary]) -> str:
-    """Markdown table of test AP: one row per class, one column per evaluated run."""
+    """Markdown table of test AP: one row per class, one column per evaluated run.
+
+    Parameters
+    ----------
+    runs : from :func:`collect_runs`
+
+    Returns
+    -------
+    str -- markdown, or a line saying no run was evaluated
+    """
     evaluated = [r for r in runs if r.per_class]
     if not evaluated:
         return "No evaluated runs."
@@ -195,13 +232,14 @@ def _class_ap(run: RunSummary, cls: str) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-
-
 def plot_curves(runs: list[RunSummary], path: Path) -> None:
-    """Validation mAP and training BCE per epoch, one line per student run with a history."""
+    """Validation mAP and training BCE per epoch, one line per student run with a history.
+
+    Parameters
+    ----------
+    runs : from :func:`collect_runs`
+    path : the PNG file to write
+    """
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ax_map, ax_loss = fig.subplots(1, 2)
     for i, (run, label) in enumerate(zip(runs, _labels(runs), strict=True)):
@@ -225,11 +263,17 @@ def plot_curves(runs: list[RunSummary], path: Path) -> None:
     if handles:
         ncol = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)
         fig.legend(handles, labels, loc="outside lower center", ncol=ncol)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_per_class_ap(runs: list[RunSummary], path: Path) -> None:
-    """Grouped horizontal bars of test AP: one group per class, one bar per evaluated run."""
+    """Grouped horizontal bars of test AP: one group per class, one bar per evaluated run.
+
+    Parameters
+    ----------
+    runs : from :func:`collect_runs`
+    path : the PNG file to write
+    """
     indexed = [(i, r, lab) for i, (r, lab) in enumerate(zip(runs, _labels(runs), strict=True))]
     evaluated = [item for item in indexed if item[1].per_class]
     classes = evaluated[0][1].classes if evaluated else []
@@ -260,7 +304,7 @@ def plot_per_class_ap(runs: list[RunSummary], path: Path) -> None:
     ax.grid(axis="x", alpha=0.3)
     if evaluated:
         fig.legend(loc="outside upper center", ncol=min(n, 3))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 HOW_TO_READ = """\
@@ -277,7 +321,18 @@ plot the BCE part of the loss, which is comparable across runs whatever the regu
 def write_report(runs_dir: Path, out_dir: Path, *, title: str | None = None) -> Path:
     """Write ``report.md``, ``curves.png`` and ``per_class_ap.png`` into ``out_dir``, and the
     comparison of arms over seeds (:mod:`pipeline.evaluate.comparison_report`) where runs have test
-    predictions."""
+    predictions.
+
+    Parameters
+    ----------
+    runs_dir : a dataset's run folder, ``data/runs/<dataset>``
+    out_dir : the report folder, created if missing
+    title : the report's heading (default: ``Results: <dataset>``)
+
+    Returns
+    -------
+    Path -- the written ``report.md``
+    """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(runs_dir)
@@ -298,6 +353,4 @@ def write_report(runs_dir: Path, out_dir: Path, *, title: str | None = None) -> 
         "![Test AP per class and run](per_class_ap.png)",
         per_class_table(runs),
     ]
-    report = out_dir / "report.md"
-    report.write_text("\n\n".join(parts) + "\n")
-    return report
+    return write_text(out_dir / "report.md", "\n\n".join(parts) + "\n")

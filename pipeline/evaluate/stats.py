@@ -64,13 +64,22 @@ class Estimate:
 
     @property
     def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly above or wholly below 0."""
         return bool(self.low > 0 or self.high < 0)
 
 
 def bootstrap_counts(n: int, *, draws: int, seed: int) -> np.ndarray:
     """How often each of ``n`` clips is drawn in each of ``draws`` bootstrap resamples.
 
-    Returns (draws, n) float64 counts, each row summing to ``n``.
+    Parameters
+    ----------
+    n : number of clips
+    draws : number of resamples
+    seed : seed of the resampling
+
+    Returns
+    -------
+    np.ndarray -- (draws, n) float64 counts, each row summing to ``n``
     """
     rng = np.random.default_rng(seed)
     return rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
@@ -121,7 +130,16 @@ def weighted_average_precision(
 
 
 def nanmean_classes(per_class: np.ndarray) -> np.ndarray:
-    """Mean over the last axis ignoring NaN (NaN where all are NaN), without warnings."""
+    """Mean over the last axis ignoring NaN, without warnings.
+
+    Parameters
+    ----------
+    per_class : (..., C) float, NaN where undefined
+
+    Returns
+    -------
+    np.ndarray -- (...) float, NaN where all of a row's entries are NaN
+    """
     finite = np.isfinite(per_class)
     total = np.where(finite, per_class, 0.0).sum(axis=-1)
     count = finite.sum(axis=-1)
@@ -179,6 +197,15 @@ class ArmScores:
 
         Kept for the ``counts`` array last asked for, since every comparison with this arm
         needs the same figures.
+
+        Parameters
+        ----------
+        counts : (B, N) bootstrap counts of the test clips (:func:`bootstrap_counts`)
+
+        Returns
+        -------
+        whole : np.ndarray -- (S, C) AP of each seed on the whole test set, NaN where undefined
+        boot : np.ndarray -- (B, S, C) the same on each resample
         """
         cached = self._cache.get("ap")
         if cached is not None and cached[0] is counts:
@@ -219,7 +246,14 @@ def _per_class_estimates(whole: np.ndarray, boot: np.ndarray) -> tuple[Estimate,
 def arm_result(arm: ArmScores, counts: np.ndarray) -> ArmResult:
     """The arm's mAP (mean over seeds, 95 % CI) and per-class AP estimates.
 
-    ``counts`` from :func:`bootstrap_counts` over the arm's test clips.
+    Parameters
+    ----------
+    arm : the arm's test predictions
+    counts : (B, N) bootstrap counts over the arm's test clips (:func:`bootstrap_counts`)
+
+    Returns
+    -------
+    ArmResult -- mAP estimate, (C,) per-class AP estimates, mAP of each seed
     """
     whole, boot = arm.per_class_ap(counts)
     per_seed = nanmean_classes(whole)
@@ -235,6 +269,16 @@ def paired_difference(arm: ArmScores, baseline: ArmScores, counts: np.ndarray) -
 
     Only seeds present in both arms are used. Both arms are resampled with the same ``counts``
     (the same clips), so what the test set shares cancels out of the difference.
+
+    Parameters
+    ----------
+    arm : the arm's test predictions
+    baseline : the baseline arm's, on the same clips
+    counts : (B, N) bootstrap counts over the test clips (:func:`bootstrap_counts`)
+
+    Returns
+    -------
+    ArmResult -- the difference in mAP, per class (C,) and per shared seed
 
     Raises
     ------

@@ -3,12 +3,12 @@
 Any :class:`Encoder` can take the teacher's place, e.g. a mel front end
 (:class:`pipeline.extract.frontends.MelFrontEnd`) whose spectrograms are cached the same way.
 
-Worker processes (joblib's loky) decode and resample the next batches while the teacher embeds
-the current one, at most ``2 × jobs`` batches ahead, so memory does not grow with the dataset
-when decoding is faster than the teacher. Each finished shard is written once with its done
-marker, so a killed run resumes where it stopped. Clips that cannot be decoded or embedded are
-recorded with their cause and left at zero frames; they never abort the run unless more than
-``max_failed_fraction`` fail.
+Worker processes (joblib's loky, :func:`pipeline.extract.decode.decode_ahead`) decode and
+resample the next batches while the teacher embeds the current one, at most ``2 × jobs`` batches
+ahead, so memory does not grow with the dataset when decoding is faster than the teacher. Each
+finished shard is written once with its done marker, so a killed run resumes where it stopped.
+Clips that cannot be decoded or embedded are recorded with their cause and left at zero frames;
+they never abort the run unless more than ``max_failed_fraction`` fail.
 Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
 An encoder's ``store_compression`` ("zstd" unless it says otherwise) is the store's codec.
 """
@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import sys
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from joblib.executor import get_memmapping_executor
 from tqdm.auto import tqdm
 
-from pipeline.data.audio import AudioError, load_audio
 from pipeline.data.manifest import Manifest
-from pipeline.stores.zarr_store import ClipStore, ShardPlan, open_store
+from pipeline.extract.decode import decode_ahead
+from pipeline.stores import ClipStore, ShardPlan, open_store
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -62,6 +57,9 @@ class ExtractionError(RuntimeError):
 
 @dataclass
 class ExtractSummary:
+    """What one extraction run did to a store: clips embedded and failed (clip → cause), clips
+    zero-padded (clip → note), shards written and found done, clips handled, seconds taken."""
+
     store: str
     clips: int
     embedded: int
@@ -78,6 +76,7 @@ class ExtractSummary:
         return self.processed / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields and ``clips_per_s``, as kept in the store's completion marker."""
         return {**asdict(self), "clips_per_s": round(self.clips_per_s, 2)}
 
     def __str__(self) -> str:
@@ -90,67 +89,6 @@ class ExtractSummary:
         lines += [f"  failed {clip}: {cause}" for clip, cause in sorted(self.failed.items())]
         lines += [f"  padded {clip}: {note}" for clip, note in sorted(self.padded.items())]
         return "\n".join(lines)
-
-
-def decode_clips(
-    clips: Sequence[tuple[str, str]],
-    sr_hz: int,
-    min_duration_s: float,
-    max_duration_s: float | None,
-) -> list[np.ndarray | str]:
-    """Decode clips in a worker: a waveform per clip, or the failure's message."""
-    out: list[np.ndarray | str] = []
-    for clip_id, path in clips:
-        try:
-            out.append(
-                load_audio(
-                    path,
-                    sr_hz=sr_hz,
-                    min_duration_s=min_duration_s,
-                    max_duration_s=max_duration_s,
-                    clip=clip_id,
-                )
-            )
-        except AudioError as err:
-            out.append(err.cause)
-    return out
-
-
-def _die_with_parent() -> None:
-    """Run in each decode worker: the kernel kills it when the extracting process dies, even
-    by SIGKILL; otherwise it would idle until the pool's 300 s timeout (Linux only)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _decoded(
-    tasks: Iterable[tuple[Any, ...]], jobs: int, ahead: int
-) -> Iterator[list[np.ndarray | str]]:
-    """``decode_clips(*task)`` of each task, in order; at most ``ahead`` tasks in flight.
-
-    A task is submitted only when the consumer takes a result: joblib's generator output
-    would decode everything ahead of a slower teacher and hold it all in memory. With
-    ``jobs`` <= 1 the tasks run here, one per result taken.
-    """
-    tasks = iter(tasks)
-    if jobs <= 1:
-        yield from (decode_clips(*task) for task in tasks)
-        return
-    # joblib's own reusable worker pool, the one its Parallel shares (idle workers exit after
-    # 300 s); a pool of another class would clash with Parallel's in the same process.
-    executor = get_memmapping_executor(jobs, timeout=300, initializer=_die_with_parent)
-    pending = deque(executor.submit(decode_clips, *task) for task in islice(tasks, ahead))
-    try:
-        while pending:
-            result = pending.popleft().result()
-            if (task := next(tasks, None)) is not None:
-                pending.append(executor.submit(decode_clips, *task))
-            yield result
-    finally:  # the consumer stopped early: drop what has not started
-        for future in pending:
-            future.cancel()
 
 
 def _embed(teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
@@ -208,7 +146,18 @@ def open_encoder_store(
     max_duration_s: float | None,
     overwrite: bool,
 ) -> ClipStore:
-    """Create (or reopen to resume) the store ``teacher`` fills for ``manifest``."""
+    """Create (or reopen to resume) the store ``teacher`` fills for ``manifest``.
+
+    Parameters
+    ----------
+    manifest, teacher, out, shard_size, max_duration_s, overwrite : as for :func:`extract`
+
+    Returns
+    -------
+    ClipStore
+        A store of ``len(manifest)`` rows of at most :func:`max_frames_for` frames of
+        ``teacher.dim`` values.
+    """
     return open_store(
         out,
         fingerprint=teacher.fingerprint(),
@@ -222,6 +171,21 @@ def open_encoder_store(
 
 
 def max_frames_for(manifest: Manifest, teacher: Encoder, max_duration_s: float | None) -> int:
+    """Frames of the longest clip of ``manifest`` (cut to ``max_duration_s``) for ``teacher``.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        The clips, with their ``duration_s`` (NaN where unknown).
+    teacher : Encoder
+    max_duration_s : float, optional
+        Seconds kept of each clip; None: all.
+
+    Returns
+    -------
+    int
+        At least 1: the frame rows each clip has in the store.
+    """
     durations = manifest.clips["duration_s"].to_numpy(dtype=float)
     if np.isnan(durations).all():
         raise ExtractionError(f"{manifest.name}: no clip has a readable duration")
@@ -254,6 +218,11 @@ def extract(
     max_duration_s : keep only the first seconds of each clip
     max_failed_fraction : abort without marking the store complete above this failure rate
     overwrite : delete an existing store (also one made with other settings) first
+    progress : show a progress bar (when writing to a terminal)
+
+    Returns
+    -------
+    ExtractSummary
     """
     started = time.perf_counter()
     clip_ids = manifest.clip_ids
@@ -265,7 +234,7 @@ def extract(
     paths = manifest.clips["path"].tolist()
     batches = list(_batches(shards, todo, batch_size))
     jobs = jobs or max(1, (os.cpu_count() or 2) - 1)
-    decoded = _decoded(
+    decoded = decode_ahead(
         (
             (
                 list(zip(clip_ids[a:b], paths[a:b], strict=True)),
@@ -300,9 +269,25 @@ def extract(
 def embed_shard(
     teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str], batch_size: int
 ) -> tuple[list[np.ndarray | str], dict[str, str]]:
-    """One shard's decoded clips (or decoding failures) → embeddings or failure causes, in
-    teacher calls of ``batch_size`` clips (the batches :func:`extract` makes), and the clips the
-    teacher zero-pads."""
+    """One shard's decoded clips (or decoding failures) → embeddings or failure causes.
+
+    Parameters
+    ----------
+    teacher : Encoder
+    clip_ids : sequence of str
+        The shard's clips.
+    waves : list of np.ndarray or str
+        Their waveforms, shape (samples,), or the causes of their decoding failures.
+    batch_size : int
+        Clips per teacher call (the batches :func:`extract` makes).
+
+    Returns
+    -------
+    results : list of np.ndarray or str
+        Per clip its (frames, dim) embedding or the cause of its failure.
+    padded : dict of str to str
+        The clips the teacher zero-pads, with why.
+    """
     results: list[np.ndarray | str] = []
     padded: dict[str, str] = {}
     for a in range(0, len(waves), batch_size):
@@ -313,7 +298,16 @@ def embed_shard(
 
 
 def write_results(store: ClipStore, shard: int, results: Sequence[np.ndarray | str]) -> None:
-    """Write a shard's embeddings; strings are the causes of failed clips."""
+    """Write a shard's embeddings with its done marker.
+
+    Parameters
+    ----------
+    store : ClipStore
+    shard : int
+        The shard's index.
+    results : sequence of np.ndarray or str
+        Per clip of the shard its (frames, dim) embedding, or the cause of its failure.
+    """
     start = store.shards()[shard].start
     failures = {store.clip_ids[start + i]: r for i, r in enumerate(results) if isinstance(r, str)}
     store.write_shard(shard, [None if isinstance(r, str) else r for r in results], failures)
@@ -322,7 +316,24 @@ def write_results(store: ClipStore, shard: int, results: Sequence[np.ndarray | s
 def finish(
     store: ClipStore, summary: ExtractSummary, started: float, max_failed_fraction: float
 ) -> ExtractSummary:
-    """Fill in the summary from the store and mark it complete, unless too many clips failed."""
+    """Fill in the summary from the store and mark it complete, unless too many clips failed.
+
+    Parameters
+    ----------
+    store : ClipStore
+        The store, every shard written.
+    summary : ExtractSummary
+        The run's summary so far; its times, failures and embedded count are set here.
+    started : float
+        ``time.perf_counter()`` at the start of the run.
+    max_failed_fraction : float
+        As for :func:`extract`: above it, ExtractionError and no completion marker.
+
+    Returns
+    -------
+    ExtractSummary
+        ``summary``, filled in.
+    """
     summary.seconds = time.perf_counter() - started
     summary.failed = store.failures()
     summary.embedded = int((store.n_frames > 0).sum())

@@ -1,10 +1,10 @@
 """Kaldi's mel band grid: the filterbank, and a warp of log-mels to other band limits.
 
 :func:`kaldi_mel_filterbank` is the filterbank of both the students' front ends
-(:mod:`pipeline.extract.frontends`) and the PaSST teacher: ``torchaudio.compliance.kaldi.get_mel_banks``
-(without VTLN warping) padded with a zero column for the Nyquist bin, the way EAsT and PaSST
-build their log-mels; torchaudio itself does not import on every machine, so it is written out
-here.
+(:mod:`pipeline.extract.frontends`) and the PaSST teacher:
+``torchaudio.compliance.kaldi.get_mel_banks`` (without VTLN warping) padded with a zero column for
+the Nyquist bin, the way EAsT and PaSST build their log-mels; torchaudio itself does not import
+on every machine, so it is written out here.
 
 :func:`jitter_mel_bands` stands in for EAsT's training-time jitter of the band limits (a new
 filterbank per clip) on log-mels cached once: :func:`warp_mel_bands` moves them along the bands.

@@ -27,16 +27,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.data.manifest import Manifest
+from pipeline.extract.decode import decode_clips
 from pipeline.extract.local import (
     Encoder,
     ExtractSummary,
-    decode_clips,
     embed_shard,
     finish,
     open_encoder_store,
     write_results,
 )
-from pipeline.stores.zarr_store import open_for_writing
+from pipeline.stores import open_for_writing
 
 
 def _import_ray():
@@ -103,11 +103,10 @@ class ShardEmbedder:
         fingerprint: dict[str, Any],
         batch_size: int,
     ):
-        import torch
-
+        from pipeline.devices import resolve_device
         from pipeline.teachers import create_teacher
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray shows assigned GPUs only
+        device = str(resolve_device())  # Ray shows an actor its assigned GPUs only
         self.teacher = create_teacher(teacher_name, device=device, **teacher_options)
         self.store = open_for_writing(store_path, fingerprint)
         self.batch_size = batch_size
@@ -156,6 +155,10 @@ def extract_ray(
     gpus_per_actor : GPUs reserved per actor; default: 1 when the cluster has GPUs, else 0
     batch_size, shard_size, max_duration_s, max_failed_fraction, overwrite :
         as for :func:`pipeline.extract.local.extract`; the store is the same
+
+    Returns
+    -------
+    ExtractSummary
     """
     from pipeline.teachers import create_teacher
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pipeline.extract.frontends import num_samples
+from pipeline.fileio import atomic_path
 from pipeline.inference.predict import MEL_STORE_DTYPE, Predictor, load_run
 
 ONNX_NAME = "student.onnx"
@@ -47,6 +48,7 @@ class WaveformTagger(nn.Module):
         self.student = predictor.model
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(N, samples) float32 mono audio at the front end's rate → (N, classes) probabilities."""
         mel = self.frontend(waveform)  # (N, n_mels, frames)
         mel = mel.to(getattr(torch, np.dtype(MEL_STORE_DTYPE).name)).to(torch.float32)
         logits, _ = self.student(mel)
@@ -82,6 +84,15 @@ def export_onnx(
     check : run the file with ONNX Runtime on random audio (one window, and 1.7 windows in a
         batch of 2) and compare it with PyTorch; raises ``RuntimeError`` above 1e-4
     seed : seed of the check's random audio
+
+    Returns
+    -------
+    ExportedModel -- the file, its metadata and the check's largest difference
+
+    Raises
+    ------
+    RuntimeError
+        When ONNX Runtime's probabilities differ from PyTorch's by more than 1e-4.
     """
     try:
         import onnx
@@ -133,10 +144,8 @@ def export_onnx(
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    onnx.save(model, partial)
-    os.replace(partial, out)
+    with atomic_path(out) as tmp:
+        onnx.save(model, tmp)
 
     diff = _max_abs_diff(out, tagger, window, seed) if check else None
     if diff is not None and diff > 1e-4:
@@ -160,7 +169,16 @@ def _max_abs_diff(path: Path, tagger: nn.Module, window: int, seed: int) -> floa
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata an exported file carries (``classes`` is a JSON list)."""
+    """The metadata an exported file carries.
+
+    Parameters
+    ----------
+    path : an ONNX file written by :func:`export_onnx`
+
+    Returns
+    -------
+    dict[str, str] -- metadata key → value (``classes`` is a JSON list)
+    """
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

@@ -16,18 +16,15 @@ shorter than that are repeated from their start, longer ones are cropped to thei
 * the clip's tag probabilities are the mean over its windows of sigmoid(logits).
 
 Log-mels are rounded to the mel store's dtype (float16) before they reach the model, as the
-training items were read back from that store.
+training items were read back from that store. Reading a run back is
+:mod:`pipeline.inference.runs`; the result table is :mod:`pipeline.inference.results`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,38 +32,23 @@ import pandas as pd
 import torch
 
 from pipeline.data.audio import AudioError, load_audio
-from pipeline.extract.frontends import MelFrontEnd, create_frontend
-from pipeline.paths import mel_store_name
-from pipeline.stores.fingerprint import fingerprint_diff
-from pipeline.stores.zarr_store import read_store
-from pipeline.students import Student, create_student
+from pipeline.extract.frontends import MelFrontEnd
+from pipeline.inference.results import INFO_COLUMNS, PredictionResult
+from pipeline.inference.runs import RunError, load_student
+from pipeline.students import Student
 from pipeline.train.loader import fit_frames
 
 __all__ = [
-    "CHECKPOINT_NAME",
-    "FrontEndChangedWarning",
-    "PredictionResult",
+    "MEL_STORE_DTYPE",
     "Predictor",
-    "RunError",
     "load_run",
     "window_starts",
 ]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "best.pt"
 # dtype of the mel stores training reads (pipeline.stores.zarr_store.open_store's default)
 MEL_STORE_DTYPE = np.float16
-# columns of PredictionResult.table before the one column per class
-INFO_COLUMNS = ("file", "duration_s", "windows")
-
-
-class RunError(ValueError):
-    """A checkpoint that cannot be turned into a predictor (missing keys, wrong shapes)."""
-
-
-class FrontEndChangedWarning(UserWarning):
-    """The mel front end now computes other spectrograms than the ones the run was trained on."""
 
 
 def window_starts(n_frames: int, window: int) -> list[int]:
@@ -74,6 +56,15 @@ def window_starts(n_frames: int, window: int) -> list[int]:
 
     Windows of ``window`` frames every ``window // 2`` frames (at least 1); the last window ends
     at the clip's last frame. A clip of at most ``window`` frames has the single start 0.
+
+    Parameters
+    ----------
+    n_frames : length of the clip, in frames (at least 1)
+    window : length of a window, in frames (at least 1)
+
+    Returns
+    -------
+    list[int] -- increasing start frames, the last one ``max(n_frames - window, 0)``
     """
     if n_frames < 1 or window < 1:
         raise ValueError(f"need n_frames >= 1 and window >= 1, got {n_frames} and {window}")
@@ -85,54 +76,6 @@ def window_starts(n_frames: int, window: int) -> list[int]:
     if starts[-1] != last:
         starts.append(last)
     return starts
-
-
-@dataclass
-class PredictionResult:
-    """Tag probabilities of the files that could be read, and the causes for the others.
-
-    Attributes
-    ----------
-    table : one row per predicted file, in input order: ``file``, ``duration_s`` (seconds after
-        decoding), ``windows`` (number of windows averaged), then one probability per class
-    failures : file → why it could not be tagged
-    classes : class names, the order of the probability columns
-    """
-
-    table: pd.DataFrame
-    failures: dict[str, str] = field(default_factory=dict)
-    classes: list[str] = field(default_factory=list)
-
-    def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write :attr:`table` (all probabilities) as CSV; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(path, index=False)
-        return path
-
-    def top_tags(self, k: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
-        """For each predicted file, its ``k`` most probable classes, most probable first."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        probs = self.table[self.classes].to_numpy(dtype=np.float64)
-        out = []
-        for file, row in zip(self.table["file"], probs, strict=True):
-            order = np.argsort(-row, kind="stable")[:k]
-            out.append((str(file), [(self.classes[j], float(row[j])) for j in order]))
-        return out
-
-    def format_table(self, k: int = 5) -> str:
-        """Readable text: one line per predicted file, the file then its top ``k`` tags."""
-        rows = self.top_tags(k)
-        if not rows:
-            return "(no file could be tagged)"
-        width = max(len("file"), *(len(file) for file, _ in rows))
-        lines = [f"{'file':<{width}}  top {min(k, len(self.classes))} tags"]
-        for file, tags in rows:
-            lines.append(
-                f"{file:<{width}}  " + "  ".join(f"{name} {prob:.2f}" for name, prob in tags)
-            )
-        return "\n".join(lines)
 
 
 class Predictor:
@@ -191,7 +134,17 @@ class Predictor:
 
     # -- building blocks ---------------------------------------------------------------------
     def mel(self, waveform: np.ndarray) -> np.ndarray:
-        """(frames, n_mels) log-mel of a mono waveform at :attr:`sample_rate_hz`, as stored."""
+        """Log-mel of a mono waveform, rounded as the mel store rounds it.
+
+        Parameters
+        ----------
+        waveform : (samples,) mono audio at :attr:`sample_rate_hz`, at least the front end's
+            ``min_duration_s`` long
+
+        Returns
+        -------
+        np.ndarray -- (frames, n_mels) float32 with float16 precision
+        """
         wave = np.asarray(waveform, dtype=np.float32)
         if wave.ndim != 1:
             raise ValueError(f"expected a mono (samples,) waveform, got shape {wave.shape}")
@@ -204,7 +157,16 @@ class Predictor:
         return mel.astype(MEL_STORE_DTYPE).astype(np.float32)
 
     def windows(self, mel: np.ndarray) -> np.ndarray:
-        """(frames, n_mels) → (n_windows, n_mels, mel_frames) model inputs; see the module doc."""
+        """Model inputs covering a clip; see the module doc.
+
+        Parameters
+        ----------
+        mel : (frames, n_mels) log-mel of one clip
+
+        Returns
+        -------
+        np.ndarray -- (n_windows, n_mels, mel_frames) float32
+        """
         if len(mel) <= self.mel_frames:
             items = [fit_frames(mel, self.mel_frames)]
         else:
@@ -212,7 +174,17 @@ class Predictor:
         return np.ascontiguousarray(np.stack(items).transpose(0, 2, 1), dtype=np.float32)
 
     def window_probabilities(self, windows: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
-        """(n, n_mels, mel_frames) windows → (n, C) sigmoid probabilities, ``batch_size`` a call."""
+        """Sigmoid probabilities of each window, ``batch_size`` windows a model call.
+
+        Parameters
+        ----------
+        windows : (n, n_mels, mel_frames) float32 model inputs
+        batch_size : windows per model call (at least 1)
+
+        Returns
+        -------
+        np.ndarray -- (n, C) float32 probabilities
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         out = []
@@ -227,9 +199,15 @@ class Predictor:
 
     # -- public API --------------------------------------------------------------------------
     def predict_waveform(self, waveform: np.ndarray) -> np.ndarray:
-        """(C,) tag probabilities of a mono waveform at :attr:`sample_rate_hz`.
+        """Tag probabilities of a mono waveform: the mean over its windows of sigmoid(logits).
 
-        The mean over the clip's windows of sigmoid(logits).
+        Parameters
+        ----------
+        waveform : (samples,) mono audio at :attr:`sample_rate_hz`
+
+        Returns
+        -------
+        np.ndarray -- (C,) float32 probabilities, in the order of :attr:`classes`
         """
         windows = self.windows(self.mel(waveform))
         return self.window_probabilities(windows).mean(axis=0)
@@ -241,6 +219,15 @@ class Predictor:
 
         A file that cannot be decoded (missing, unreadable, too short, …) is reported in
         ``failures`` with its cause; the others are still tagged.
+
+        Parameters
+        ----------
+        paths : audio files, in the order of the table's rows
+        batch_size : windows per model call (at least 1)
+
+        Returns
+        -------
+        PredictionResult
         """
         if isinstance(paths, (str, os.PathLike)):
             raise TypeError("paths is a sequence of files, not one file")
@@ -302,104 +289,32 @@ class Predictor:
         return PredictionResult(table=table, failures=failures, classes=list(self.classes))
 
 
-# -- loading a run -------------------------------------------------------------------------------
-def _checkpoint_path(run: Path) -> Path:
-    path = run / CHECKPOINT_NAME if run.is_dir() else run
-    if not path.is_file():
-        dataset = run.parent.name if run.is_dir() and run.parent.parent.name == "runs" else "..."
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: train it first with `make train DATASET={dataset} ...`"
-        )
-    return path
-
-
-def _mel_store_entry(stores: dict[str, Any], frontend: str) -> tuple[str, dict[str, Any]] | None:
-    """The stores.json entry of the run's mel store (by name, else by the recorded front end)."""
-    name = f"{mel_store_name(frontend)}.zarr"
-    for key, entry in stores.items():
-        if Path(key).name == name:
-            return key, entry
-    for key, entry in stores.items():
-        if entry.get("fingerprint", {}).get("frontend") == frontend:
-            return key, entry
-    return None
-
-
-def _is_code_or_version(key: str) -> bool:
-    return key == "code" or key.endswith("version")
-
-
-def _check_frontend(recorded: dict[str, Any], frontend: MelFrontEnd, where: Path) -> None:
-    """Warn when the front end differs from the training one in anything but code or versions."""
-    current = frontend.fingerprint()
-    changed = [
-        line
-        for line in fingerprint_diff(recorded, current)
-        if not _is_code_or_version(line.split(":", 1)[0])
-    ]
-    if changed:
-        keys = [line.split(":", 1)[0] for line in changed]
-        warnings.warn(
-            f"{where}: front end {frontend.preset!r} changed since training in "
-            f"{', '.join(keys)} ({'; '.join(changed)}); predictions may be off",
-            FrontEndChangedWarning,
-            stacklevel=3,
-        )
-    else:
-        drift = fingerprint_diff(recorded, current)
-        if drift:
-            log.info("%s: front end code or versions changed since training: %s", where, drift)
-
-
-def _mel_frames_from_store(entry: tuple[str, dict[str, Any]] | None, checkpoint: Path) -> int:
-    """Runs trained before ``mel_frames`` entered the config: the mel store's max_frames."""
-    if entry is not None and Path(entry[0]).exists():
-        return read_store(entry[0], require_complete=False).max_frames
-    raise RunError(
-        f"{checkpoint}: the config has no mel_frames and the run's mel store "
-        f"({entry[0] if entry else 'not recorded'}) cannot be read to recover it"
-    )
-
-
-def load_run(run: str | os.PathLike, *, device: str | None = None) -> Predictor:
+def load_run(run: str | os.PathLike, *, device: str | torch.device | None = None) -> Predictor:
     """A :class:`Predictor` from a run folder (its ``best.pt``) or a checkpoint file.
 
-    ``device``: where the student and the front end run (default: cuda if available, else cpu).
-    Warns with :class:`FrontEndChangedWarning` when the run's ``stores.json`` records a mel
-    front end that differs from the current one in anything but code or library versions.
+    Parameters
+    ----------
+    run : run folder or checkpoint file
+    device : where the student and the front end run (default: CUDA if available, else CPU)
+
+    Returns
+    -------
+    Predictor -- warns with :class:`~pipeline.inference.runs.FrontEndChangedWarning` when the
+    run's ``stores.json`` records a mel front end that differs from the current one in anything
+    but code or library versions
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no checkpoint.
+    RunError
+        When the checkpoint cannot be turned into a predictor (:mod:`pipeline.inference.runs`).
     """
-    path = _checkpoint_path(Path(run))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(checkpoint, dict) or not {"model", "config"} <= set(checkpoint):
-        raise RunError(f"{path}: not a student checkpoint (expected 'model' and 'config' entries)")
-    config = dict(checkpoint["config"])
-    missing = [k for k in ("student", "frontend", "classes") if k not in config]
-    if missing:
-        raise RunError(f"{path}: the checkpoint's config lacks {', '.join(missing)}")
-
-    frontend = create_frontend(config["frontend"], device=device)
-    stores_json = path.parent / "stores.json"
-    entry = None
-    if stores_json.is_file():
-        entry = _mel_store_entry(json.loads(stores_json.read_text()), frontend.preset)
-        if entry is not None and "fingerprint" in entry[1]:
-            _check_frontend(entry[1]["fingerprint"], frontend, path.parent)
-
-    n_mels = int(config.get("n_mels", frontend.dim))
-    if "mel_frames" in config:
-        mel_frames = int(config["mel_frames"])
-    else:
-        mel_frames = _mel_frames_from_store(entry, path)
-    model = create_student(
-        config["student"],
-        n_classes=len(config["classes"]),
-        n_mels=n_mels,
-        **dict(config.get("student_options") or {}),
+    trained = load_student(run, device=device, stacklevel=2)
+    return Predictor(
+        trained.model,
+        trained.frontend,
+        trained.classes,
+        trained.mel_frames,
+        config=trained.config,
     )
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        raise RunError(f"{path}: weights do not fit student {config['student']!r}: {err}") from None
-    model = model.to(device).eval()
-    return Predictor(model, frontend, config["classes"], mel_frames, config=config)

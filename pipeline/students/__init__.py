@@ -1,7 +1,8 @@
 """Student registry: the small classifiers trained on log-mels with the EAsT regulariser.
 
-Each student lives in one self-contained file of this package and registers a builder with
-``@register_student("name")``. Every student maps a batch of log-mel spectrograms to logits and
+Each student lives in one self-contained file of this package and registers its builder with
+``@STUDENTS.register``; the student's name is the file name (``cp_resnet.py`` → ``cp_resnet``).
+Every student maps a batch of log-mel spectrograms to logits and
 to the feature sequence the embedding-distance regulariser acts on::
 
     model = create_student("cp_resnet", n_classes=20, n_mels=128)
@@ -13,7 +14,6 @@ to the feature sequence the embedding-distance regulariser acts on::
 
 from __future__ import annotations
 
-import importlib
 from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -21,16 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.registry import Registry
+
 StudentBuilder = Callable[..., "Student"]
 
-STUDENTS: dict[str, StudentBuilder] = {}
-
-# Imported lazily by ``create_student`` so that listing students imports no model file.
-_STUDENT_MODULES = {
-    "cp_resnet": "cp_resnet",
-    "mobile_fcn": "mobile_fcn",
-    "mobilenet_v3": "mobilenet_v3",
-}
+# Model files are imported lazily by ``create_student``: listing students imports none.
+STUDENTS: Registry[StudentBuilder] = Registry("student", __name__)
 
 
 class Student(nn.Module):
@@ -63,6 +59,25 @@ class Student(nn.Module):
         """Feature frames T_s for an input of ``n_frames`` mel frames."""
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and last-stage features of a batch of log-mels.
+
+        Parameters
+        ----------
+        mel : torch.Tensor, shape (N, n_mels, T)
+            Log-mel spectrograms.
+
+        Returns
+        -------
+        logits : torch.Tensor, shape (N, n_classes)
+            No sigmoid applied.
+        features : torch.Tensor, shape (N, T_s, feature_dim)
+            ``T_s == self.frames_out(T)``; what the embedding-distance regulariser acts on.
+
+        Raises
+        ------
+        ValueError
+            If ``mel`` is not 3-D with ``n_mels`` bands.
+        """
         if mel.ndim != 3 or mel.shape[1] != self.n_mels:
             raise ValueError(
                 f"{type(self).__name__}: expected mel of shape (N, {self.n_mels}, T), "
@@ -72,27 +87,56 @@ class Student(nn.Module):
         return self.forward_head(features), features
 
 
-def register_student(name: str) -> Callable[[StudentBuilder], StudentBuilder]:
-    def add(builder: StudentBuilder) -> StudentBuilder:
-        STUDENTS[name] = builder
-        return builder
-
-    return add
-
-
 def list_students() -> list[str]:
-    return sorted(_STUDENT_MODULES)
+    """The students' names, sorted, without importing their modules.
+
+    Returns
+    -------
+    list of str
+        Names accepted by :func:`create_student`.
+    """
+    return STUDENTS.names()
 
 
 def create_student(name: str, *, n_classes: int, n_mels: int, **options: Any) -> Student:
-    """Build a registered student; ``None``-valued options are dropped so defaults apply."""
-    if name not in _STUDENT_MODULES:
-        raise ValueError(f"unknown student {name!r}; choose one of {', '.join(list_students())}")
-    importlib.import_module(f"{__name__}.{_STUDENT_MODULES[name]}")
+    """Build a registered student; ``None``-valued options are dropped so defaults apply.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_students`.
+    n_classes : int
+        Width of the logits.
+    n_mels : int
+        Mel bands of the input.
+    **options
+        The student's own options (e.g. ``rho`` and ``base_channels`` of ``cp_resnet``).
+
+    Returns
+    -------
+    Student
+        A freshly initialised model.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a student (the message lists the choices) or an option is invalid.
+    """
     kwargs = {k: v for k, v in options.items() if v is not None}
-    return STUDENTS[name](n_classes=n_classes, n_mels=n_mels, **kwargs)
+    return STUDENTS.get(name)(n_classes=n_classes, n_mels=n_mels, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (buffers such as BatchNorm running statistics excluded)."""
+    """Trainable parameters (buffers such as BatchNorm running statistics excluded).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model.
+
+    Returns
+    -------
+    int
+        Elements of the parameters with ``requires_grad``.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -46,7 +46,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pipeline.students import Student, register_student
+from pipeline.students import STUDENTS, Student
 
 STEM_KERNEL = 5
 STEM_STRIDE = 2
@@ -248,7 +248,18 @@ class CPResNet(Student):
         return field, field
 
 
-@register_student("cp_resnet")
+@STUDENTS.register
 def cp_resnet(**kwargs: int) -> CPResNet:
-    """CP ResNet student; options ``rho`` (default 7) and ``base_channels`` (default 128)."""
+    """CP ResNet student; options ``rho`` (default 7) and ``base_channels`` (default 128).
+
+    Parameters
+    ----------
+    **kwargs : int
+        ``n_classes``, ``n_mels`` and the options, passed to :class:`CPResNet`.
+
+    Returns
+    -------
+    CPResNet
+        A freshly initialised model.
+    """
     return CPResNet(**kwargs)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pipeline.students import Student, register_student
+from pipeline.students import STUDENTS, Student
 
 # Per layer: output channels, separable or plain, max-pool (mel, time) or None.
 LAYERS: tuple[tuple[int, bool, tuple[int, int] | None], ...] = (
@@ -57,7 +57,18 @@ ACCEPTED_MELS = (96, 191)  # inclusive range for which the pools leave one frequ
 
 
 def layer_pools(n_mels: int) -> list[tuple[int, int] | None]:
-    """The (mel, time) max-pool after each of the eight layers for ``n_mels`` input bands."""
+    """The (mel, time) max-pool after each of the eight layers for ``n_mels`` input bands.
+
+    Parameters
+    ----------
+    n_mels : int
+        Mel bands of the input.
+
+    Returns
+    -------
+    list of (int, int) or None
+        Eight entries: the pool (mel, time) after each layer, None where there is none.
+    """
     pools = [pool for _, _, pool in LAYERS]
     if n_mels == WIDE_POOL_MELS:
         pools[WIDE_POOL_LAYER - 1] = (4, 2)
@@ -162,7 +173,18 @@ class MobileFCN(Student):
         return field[0], field[1]
 
 
-@register_student("mobile_fcn")
-def mobile_fcn(**kwargs) -> MobileFCN:
-    """Mobile FCN student (no options besides ``n_classes`` and ``n_mels``)."""
+@STUDENTS.register
+def mobile_fcn(**kwargs: int) -> MobileFCN:
+    """Mobile FCN student (no options besides ``n_classes`` and ``n_mels``).
+
+    Parameters
+    ----------
+    **kwargs : int
+        ``n_classes`` and ``n_mels``, passed to :class:`MobileFCN`.
+
+    Returns
+    -------
+    MobileFCN
+        A freshly initialised model.
+    """
     return MobileFCN(**kwargs)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pipeline.students import Student, register_student
+from pipeline.students import STUDENTS, Student
 
 STEM_CHANNELS = 16
 LAST_EXPANSION = 6  # last 1×1 conv width, as a multiple of the final block's output width
@@ -150,10 +150,18 @@ class MobileNetV3(Student):
         return n_frames
 
 
-def _build(**kwargs) -> MobileNetV3:
+@STUDENTS.register
+def mobilenet_v3(**kwargs: float) -> MobileNetV3:
+    """MobileNetV3 student; options ``width`` (default 0.5) and ``dropout`` (default 0.2).
+
+    Parameters
+    ----------
+    **kwargs : int or float
+        ``n_classes``, ``n_mels`` and the options, passed to :class:`MobileNetV3`.
+
+    Returns
+    -------
+    MobileNetV3
+        A freshly initialised model.
+    """
     return MobileNetV3(**kwargs)
-
-
-@register_student("mobilenet_v3")
-def mobilenet_v3(**kwargs) -> MobileNetV3:
-    return _build(**kwargs)

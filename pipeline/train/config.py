@@ -1,7 +1,7 @@
 """Training configurations: one frozen dataclass, presets per dataset, ``KEY=VALUE`` overrides.
 
-A preset holds the paper's hyper-parameters for a dataset (see the official configs summarised in
-the README); anything can be overridden from the command line::
+A preset holds the paper's hyper-parameters for a dataset (:mod:`pipeline.train.presets`, from the
+official configs summarised in the README); anything can be overridden from the command line::
 
     cfg = train_config("openmic", teacher="passt")                 # EAsT, λ = 0.9, DC
     cfg = train_config("magnatagatune", teacher="vggish", loss="cosine", lam=0.6)
@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.students import list_students
+from pipeline.train.presets import (
+    PRESETS,
+    paper_lambda,
+    paper_probe_lr,
+    paper_time_factors,
+    probe_standardises,
+)
 
 
 class ConfigError(ValueError):
@@ -53,8 +60,8 @@ class TrainConfig:
     kd_weight : weight of KD inside the EAsT-KD regulariser (0.3 in the paper)
     align : time alignment of student and teacher frames: ``"repeat"`` (integer repeat factors,
         then both cut to the shorter; the official fixed factors for the paper's dataset,
-        student and teacher, see :func:`paper_time_factors`, computed ones otherwise) or
-        ``"mean"`` (both averaged over time)
+        student and teacher, see :func:`pipeline.train.presets.paper_time_factors`, computed
+        ones otherwise) or ``"mean"`` (both averaged over time)
     teacher_weights : relative weight of each teacher's term (default equal)
     lr, weight_decay : Adam settings
     batch_size : clips per optimiser step (the global batch with several processes); also the
@@ -82,10 +89,10 @@ class TrainConfig:
         :func:`pipeline.data.fractions.labelled_subset`); the other training clips stay in training
         with all labels unknown, so the teacher term still sees them; validation and test are
         untouched; 1 = all
-    shard_window : shards shuffled together (see :class:`pipeline.train.loader.ShardAwareSampler`)
+    shard_window : shards shuffled together (see :class:`pipeline.train.samplers.ShardAwareSampler`)
     seed : everything random derives from it
     probe_lr : SGD learning rate of the KD linear probes; ``None`` = the official value per
-        dataset and teacher (:func:`paper_probe_lr`)
+        dataset and teacher (:func:`pipeline.train.presets.paper_probe_lr`)
     probe_max_steps : optimiser-step limit of the KD linear probes
     workers : loader worker processes
     device : torch device; ``None`` = cuda when available
@@ -184,6 +191,7 @@ class TrainConfig:
         return tuple(paper_probe_lr(self.dataset, t) for t in self.teachers)
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field by name (``dataclasses.asdict``)."""
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
@@ -212,119 +220,22 @@ class TrainConfig:
         return f"{self.student}-{teacher}{'-kd' if self.kd else ''}-{digest}"
 
 
-# λ per teacher from the paper (OpenMIC); MTAT used 0.6 for all four teachers.
-_OPENMIC_LAMBDA = {"passt": 0.9, "panns": 0.9, "vggish": 0.8, "openl3": 0.8}
-
-# Fixed (student, teacher) repeat factors of the official configs (config/<dataset>/east_*.json,
-# the feature stage that carries the weight), per (dataset, student) and teacher store. They
-# assume the paper's stores: PANNs as one clip-level frame (layer=clip), VGGish and PaSST 0.96 s
-# frames, OpenL3 1 s windows every 0.96 s. A store of another variant needs another name.
-_PAPER_TIME_FACTORS: dict[tuple[str, str], dict[str, tuple[int, int]]] = {
-    ("openmic", "cp_resnet"): {
-        "vggish": (1, 6),
-        "openl3": (1, 6),
-        "passt": (1, 6),
-        "panns": (1, 60),
-    },
-    ("magnatagatune", "mobile_fcn"): {
-        "vggish": (2, 1),
-        "openl3": (2, 1),
-        "passt": (2, 1),
-        "panns": (1, 15),
-    },
-}
-
-# SGD learning rates of the official linear probes (config/<dataset>/lr_*.json); others 0.1.
-_PAPER_PROBE_LR = {("openmic", "vggish"): 0.2, ("magnatagatune", "passt"): 0.2}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # CP ResNet on whole 10 s clips, mixup and SpecAugment (official OpenMIC config).
-    "openmic": {
-        "student": "cp_resnet",
-        "frontend": "cp_resnet",
-        "plateau_patience": 8,
-        "early_stop_patience": 15,
-        "mixup_alpha": 0.3,
-        "specaug_freq": 48,
-        "specaug_time": 192,
-        "band_jitter": True,
-    },
-    # Mobile FCN on ≈ 29 s clips, no augmentation (official MTAT config).
-    "magnatagatune": {
-        "student": "mobile_fcn",
-        "frontend": "mobile_fcn",
-        "max_steps": 100_000,
-        "plateau_patience": 5,
-        "early_stop_patience": 12,
-    },
-    # Sized for a 2-core CPU: a narrow CP ResNet on 16 kHz / 96-band mels, a larger step size
-    # and short patience, and 10 epochs (about 95 s a run), so that `make demo` trains two arms
-    # with three seeds each in under 10 minutes; the step limit is never reached. λ on the
-    # demo's validation split (musicnn, one seed, 20 epochs): 0.1 .885, 0.3 .877, 0.5 .879,
-    # 0.7 .870, 0.9 .785; 0.1-0.7 cannot be told apart at one seed, 0.9 lets the musicnn term
-    # crowd out the labels of this small set; 0.5 is kept.
-    "demo": {
-        "student": "cp_resnet",
-        "student_options": {"base_channels": 32},
-        "frontend": "mobile_fcn",
-        "lam": 0.5,
-        "lr": 1e-3,
-        "max_epochs": 10,
-        "plateau_patience": 3,
-        "early_stop_patience": 6,
-        "specaug_freq": 16,
-        "specaug_time": 64,
-        "shard_window": 2,
-    },
-    # Any other dataset (your own CSV): the OpenMIC settings without augmentation.
-    "default": {"student": "cp_resnet", "frontend": "cp_resnet"},
-}
-
-
 def of_current_recipe(config: dict[str, Any]) -> bool:
     """Whether a run's ``config.json`` comes from this version of the training recipe.
 
     Runs made before the recipe was recorded count as recipe 1.
+
+    Parameters
+    ----------
+    config : dict
+        A run's ``config.json``.
+
+    Returns
+    -------
+    bool
+        Whether its ``recipe`` is :data:`RECIPE`.
     """
     return config.get("recipe", 1) == RECIPE
-
-
-def paper_lambda(dataset: str, teachers: tuple[str, ...]) -> float:
-    """The paper's λ: MTAT 0.6; OpenMIC 0.9 (PaSST, PANNs) or 0.8 (VGGish, OpenL3).
-
-    Several teachers get the mean of their values; teachers the paper did not use (and other
-    datasets) get 0.9 on OpenMIC-like data and 0.6 on MTAT.
-    """
-    if dataset == "magnatagatune":
-        return 0.6
-    return sum(_OPENMIC_LAMBDA.get(t, 0.9) for t in teachers) / len(teachers)
-
-
-def paper_time_factors(dataset: str, student: str, teacher: str) -> tuple[int, int] | None:
-    """The official fixed (student, teacher) repeat factors, ``None`` where the paper has none.
-
-    OpenMIC with CP ResNet: teacher ×6 for VGGish, OpenL3 and PaSST, ×60 for PANNs (student ×1).
-    MagnaTagATune with Mobile FCN: student ×2 for VGGish, OpenL3 and PaSST (teacher ×1); teacher
-    ×15 for PANNs (student ×1). Other datasets, students and teachers (musicnn, ``hear:*``,
-    your own data) get factors computed from the frame counts
-    (:func:`pipeline.train.losses.repeat_factors`).
-    """
-    return _PAPER_TIME_FACTORS.get((dataset, student), {}).get(teacher)
-
-
-def probe_standardises(teacher: str) -> bool:
-    """Whether a linear probe on ``teacher`` standardises its inputs.
-
-    The official probes take the raw embeddings of the paper's four teachers (after their load
-    normalisation); other teachers (musicnn, ``hear:*``) have none, and their probes standardise.
-    """
-    return teacher not in _OPENMIC_LAMBDA
-
-
-def paper_probe_lr(dataset: str, teacher: str) -> float:
-    """SGD learning rate of the official linear probe: 0.2 for OpenMIC-VGGish and MTAT-PaSST,
-    else 0.1."""
-    return _PAPER_PROBE_LR.get((dataset, teacher), 0.1)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -346,7 +257,24 @@ def _coerce(name: str, value: Any) -> Any:
 def train_config(dataset: str, *, preset: str | None = None, **overrides: Any) -> TrainConfig:
     """The preset of ``dataset`` (or ``preset``) with ``overrides`` applied.
 
-    Unknown keys raise :class:`ConfigError` listing the valid ones.
+    Parameters
+    ----------
+    dataset : str
+        Manifest name.
+    preset : str or None
+        A key of :data:`pipeline.train.presets.PRESETS`; ``None`` = ``dataset``'s own preset if
+        there is one, else ``"default"``.
+    **overrides :
+        :class:`TrainConfig` fields; ``None`` values are ignored, ints are accepted for floats.
+
+    Returns
+    -------
+    TrainConfig
+
+    Raises
+    ------
+    ConfigError
+        For an unknown preset or setting (listing the valid ones) or an invalid value.
     """
     preset = preset or (dataset if dataset in PRESETS else "default")
     if preset not in PRESETS:

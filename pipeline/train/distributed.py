@@ -34,11 +34,23 @@ class Processes:
 
     @property
     def parallel(self) -> bool:
+        """Whether there are several processes."""
         return self.world_size > 1
 
 
 def processes_from_env(env: Mapping[str, str] | None = None) -> Processes:
-    """Rank, world size and local rank from the variables ``torchrun`` sets (default: one)."""
+    """Rank, world size and local rank from the variables ``torchrun`` sets (default: one).
+
+    Parameters
+    ----------
+    env : mapping or None
+        ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``; ``None`` = ``os.environ``.
+
+    Returns
+    -------
+    Processes
+        Rank 0 of 1 when ``WORLD_SIZE`` is missing or ≤ 1.
+    """
     env = os.environ if env is None else env
     world_size = int(env.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -49,7 +61,19 @@ def processes_from_env(env: Mapping[str, str] | None = None) -> Processes:
 
 def process_device(procs: Processes, device: torch.device) -> torch.device:
     """The device of this process: ``cuda:LOCAL_RANK`` (made current) for CUDA with several
-    processes, else ``device``."""
+    processes, else ``device``.
+
+    Parameters
+    ----------
+    procs : Processes
+        This process's place in the job.
+    device : torch.device
+        The device asked for.
+
+    Returns
+    -------
+    torch.device
+    """
     if procs.parallel and device.type == "cuda":
         device = torch.device("cuda", procs.local_rank)
         torch.cuda.set_device(device)
@@ -63,6 +87,13 @@ def process_group(procs: Processes, device: torch.device) -> Iterator[None]:
 
     Several trainings in a row (a comparison) share one group: joining and leaving for each made
     gloo's connections fail after a few runs.
+
+    Parameters
+    ----------
+    procs : Processes
+        This process's place in the job.
+    device : torch.device
+        This process's device (:func:`process_device`); picks the backend.
     """
     joined = procs.parallel and not dist.is_initialized()
     if joined:
@@ -81,6 +112,18 @@ def process_group(procs: Processes, device: torch.device) -> Iterator[None]:
 def per_process_batch(batch_size: int, world_size: int) -> int:
     """Clips each process takes per step: the global ``batch_size`` split evenly.
 
+    Parameters
+    ----------
+    batch_size : int
+        The global batch.
+    world_size : int
+        Number of processes.
+
+    Returns
+    -------
+    int
+        ``batch_size // world_size``.
+
     Raises
     ------
     ConfigError
@@ -97,12 +140,32 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
 
 
 def barrier(procs: Processes) -> None:
+    """Wait until every process gets here; nothing for a lone process.
+
+    Parameters
+    ----------
+    procs : Processes
+        This process's place in the job.
+    """
     if procs.parallel:
         dist.barrier()
 
 
 def from_main(procs: Processes, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every process (the others' argument is ignored)."""
+    """Rank 0's ``obj`` on every process (the others' argument is ignored).
+
+    Parameters
+    ----------
+    procs : Processes
+        This process's place in the job.
+    obj : Any
+        Picklable; only rank 0's is read.
+
+    Returns
+    -------
+    Any
+        Rank 0's ``obj``.
+    """
     if not procs.parallel:
         return obj
     box = [obj]
@@ -113,7 +176,22 @@ def from_main(procs: Processes, obj: Any) -> Any:
 def mean_over_processes(
     procs: Processes, logs: dict[str, float], device: torch.device
 ) -> dict[str, float]:
-    """Each logged training loss part averaged over the processes (same keys on every rank)."""
+    """Each logged training loss part averaged over the processes (same keys on every rank).
+
+    Parameters
+    ----------
+    procs : Processes
+        This process's place in the job.
+    logs : dict of str to float
+        This process's figures.
+    device : torch.device
+        Where the all-reduce runs (this process's device).
+
+    Returns
+    -------
+    dict of str to float
+        The means, ``logs`` itself for a lone process.
+    """
     if not procs.parallel or not logs:
         return logs
     keys = sorted(logs)

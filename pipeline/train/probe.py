@@ -6,7 +6,7 @@ cached embeddings after the teacher's load normalisation only (VGGish (x − 128
 x − 2.24, PaSST and PANNs as stored; see :class:`pipeline.train.loader.ClipDataset`). Teachers the
 paper did not use have no official load normalisation; their probes standardise each dimension
 with the training split's mean and standard deviation first (``standardise=True``; see
-:func:`pipeline.train.config.probe_standardises`): on raw musicnn embeddings (values up to 128) the
+:func:`pipeline.train.presets.probe_standardises`): on raw musicnn embeddings (values up to 128) the
 official SGD recipe stops far from the optimum (demo test mAP 0.822, against 0.949 standardised).
 A probe is the soft-target source of EAsT-KD and, evaluated on the test split, the reference line
 of how well the teacher alone does. Being affine, a probe applied to mixed-up embeddings equals
@@ -16,20 +16,31 @@ Training follows the official ``lr_*.json`` configs: SGD without momentum or wei
 batches of 16, gradient norm clipped at 1, the learning rate ×0.1 after a validation loss that
 did not improve for more than 1 epoch, stopping after 3 epochs without a lower one (or after
 ``max_steps`` optimiser steps), keeping the epoch of the best validation mAP
-(:func:`pipeline.train.schedule.review`).
+(:func:`pipeline.train.schedule.review`). For a KD run, :func:`kd_probes` fits one probe per
+teacher once and keeps it in the run folder.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pipeline.evaluate.metrics import mean_average_precision
+from pipeline.fileio import write_json
+from pipeline.train.checkpoints import save_checkpoint
+from pipeline.train.config import TrainConfig
+from pipeline.train.distributed import Processes, barrier
 from pipeline.train.losses import masked_bce
+from pipeline.train.presets import probe_standardises
 from pipeline.train.schedule import best_epoch, review
+
+if TYPE_CHECKING:
+    from pipeline.train.loader import ClipDataset
 
 
 class LinearProbe(nn.Module):
@@ -49,6 +60,7 @@ class LinearProbe(nn.Module):
         self.register_buffer("scale", torch.ones(n_inputs))
 
     def forward(self, embeddings: Tensor) -> Tensor:
+        """(N, T, D) or (N, D) embeddings → (N, n_classes) logits."""
         x = embeddings.mean(dim=1) if embeddings.ndim == 3 else embeddings
         return self.linear((x - self.offset) / self.scale)
 
@@ -56,8 +68,18 @@ class LinearProbe(nn.Module):
 def batchwise_bce(logits: Tensor, labels: Tensor, mask: Tensor, *, batch_size: int) -> float:
     """Masked BCE of consecutive batches of ``batch_size`` clips, averaged weighted by clips.
 
-    The epoch figure Lightning logs for a validation loss computed per batch. logits, labels,
-    mask: (N, C).
+    The epoch figure Lightning logs for a validation loss computed per batch.
+
+    Parameters
+    ----------
+    logits, labels, mask : Tensor, shape (N, C)
+        As :func:`pipeline.train.losses.masked_bce`'s.
+    batch_size : int
+        Clips per batch.
+
+    Returns
+    -------
+    float
     """
     total = 0.0
     for start in range(0, len(logits), batch_size):
@@ -103,9 +125,16 @@ def fit_probe(
     standardise :
         Standardise each input dimension with ``train_x``'s mean and standard deviation (kept
         in the probe); False = raw inputs, as the official probes.
+    seed :
+        Seeds the initialisation and the batch order.
 
-    Returns the probe (eval mode, frozen) and its figures: validation loss and mAP of the kept
-    epoch, epochs and steps run, the kept epoch (1-based).
+    Returns
+    -------
+    probe : LinearProbe
+        In eval mode, frozen.
+    info : dict
+        ``valid_loss`` and ``valid_map`` of the kept epoch, ``epochs`` and ``steps`` run,
+        ``best_epoch`` (1-based).
     """
     generator = torch.Generator().manual_seed(seed)
     x, y, m = (torch.as_tensor(a) for a in (train_x, train_y, train_mask))
@@ -165,3 +194,74 @@ def fit_probe(
         "best_epoch": best_epoch(maps),
     }
     return probe, info
+
+
+def kd_probes(
+    cfg: TrainConfig,
+    train_set: ClipDataset,
+    valid_set: ClipDataset,
+    run_dir: Path,
+    procs: Processes,
+    device: torch.device,
+) -> list[LinearProbe]:
+    """One frozen linear probe per teacher for KD, trained once and kept in the run folder.
+
+    Rank 0 fits each probe missing from ``run_dir`` (``probe-<teacher>.pt``, its figures in
+    ``probe-<teacher>.json``) and loads the others; the other processes then load its files.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        Teachers, probe learning rates and step limit, seed.
+    train_set, valid_set : ClipDataset
+        The splits whose time-mean teacher embeddings the probes are fitted on.
+    run_dir : Path
+        The run folder.
+    procs : Processes
+        This process's rank and the number of processes.
+    device : torch.device
+        Where the probes go.
+
+    Returns
+    -------
+    list of LinearProbe
+        Frozen, in eval mode, in ``cfg.teachers`` order.
+    """
+    probes: list[LinearProbe] = []
+    if procs.main:
+        probes = _fit_or_load(cfg, train_set, valid_set, run_dir)
+    barrier(procs)
+    if not procs.main:
+        probes = _fit_or_load(cfg, train_set, valid_set, run_dir)
+    return [p.to(device) for p in probes]
+
+
+def _fit_or_load(
+    cfg: TrainConfig, train_set: ClipDataset, valid_set: ClipDataset, run_dir: Path
+) -> list[LinearProbe]:
+    """The probes of :func:`kd_probes` on the CPU: loaded from ``run_dir``, else fitted there."""
+    probes = []
+    for k, (teacher, lr) in enumerate(zip(cfg.teachers, cfg.probe_lrs, strict=True)):
+        path = run_dir / f"probe-{teacher}.pt"
+        probe = LinearProbe(train_set.teacher_shapes[k][1], len(train_set.classes))
+        if path.is_file():
+            probe.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            inputs = [dataset.mean_embeddings(k) for dataset in (train_set, valid_set)]
+            probe, info = fit_probe(
+                inputs[0],
+                train_set.labels,
+                train_set.mask,
+                inputs[1],
+                valid_set.labels,
+                valid_set.mask,
+                lr=lr,
+                max_steps=cfg.probe_max_steps,
+                standardise=probe_standardises(teacher),
+                seed=cfg.seed,
+            )
+            save_checkpoint(probe.state_dict(), path)
+            write_json(path.with_suffix(".json"), info)
+            print(f"linear probe on {teacher}: valid mAP {info['valid_map']:.3f}")
+        probes.append(probe.eval().requires_grad_(False))
+    return probes

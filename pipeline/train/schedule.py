@@ -46,7 +46,22 @@ def plateau_lr(
     losses: Sequence[float], *, lr: float, factor: float, patience: int, threshold: float = 1e-4
 ) -> float:
     """Learning rate after torch's ``ReduceLROnPlateau`` (mode min, relative threshold) has
-    stepped through ``losses``, starting from ``lr``."""
+    stepped through ``losses``, starting from ``lr``.
+
+    Parameters
+    ----------
+    losses : sequence of float
+        Validation losses, oldest first.
+    lr : float
+        The initial learning rate.
+    factor, patience, threshold : float, int, float
+        Of ``ReduceLROnPlateau``.
+
+    Returns
+    -------
+    float
+        The learning rate for the next epoch.
+    """
     param = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([param], lr=lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -63,7 +78,20 @@ def plateau_lr(
 
 
 def early_stop_wait(losses: Sequence[float]) -> tuple[int, bool]:
-    """(epochs since the loss was last strictly lower than all before it, non-finite seen)."""
+    """Epochs since the loss was last strictly lower than all before it, and divergence.
+
+    Parameters
+    ----------
+    losses : sequence of float
+        Validation losses, oldest first.
+
+    Returns
+    -------
+    wait : int
+        Epochs since the last new lowest loss (counted up to the first non-finite one).
+    diverged : bool
+        Whether a non-finite loss was seen.
+    """
     best, wait = math.inf, 0
     for loss in losses:
         if not math.isfinite(loss):
@@ -76,7 +104,18 @@ def early_stop_wait(losses: Sequence[float]) -> tuple[int, bool]:
 
 
 def best_epoch(maps: Sequence[float]) -> int:
-    """1-based epoch of the first strictly highest mAP; a non-finite mAP counts as −∞."""
+    """1-based epoch of the first strictly highest mAP; a non-finite mAP counts as −∞.
+
+    Parameters
+    ----------
+    maps : sequence of float
+        Validation mAP per epoch, oldest first.
+
+    Returns
+    -------
+    int
+        The epoch; 0 for an empty history.
+    """
     best, epoch = -math.inf, 0
     for k, value in enumerate(maps, start=1):
         value = value if math.isfinite(value) else -math.inf
@@ -106,6 +145,15 @@ def review(
         Of ``ReduceLROnPlateau`` on ``losses``.
     early_stop_patience :
         Epochs without a strictly lower loss after which training stops.
+
+    Returns
+    -------
+    Review
+
+    Raises
+    ------
+    ValueError
+        When ``losses`` and ``maps`` differ in length.
     """
     if len(losses) != len(maps):
         raise ValueError(f"{len(losses)} losses but {len(maps)} mAP values")

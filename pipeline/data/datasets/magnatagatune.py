@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.datasets import register_dataset
+from pipeline.data.datasets import DATASETS
 from pipeline.data.manifest import Manifest, ManifestError, listing, make_manifest
 
 ANNOTATIONS_NAME = "annotations_final.csv"
@@ -37,11 +37,31 @@ SPLIT_OF_FOLDER = {
 _ID, _PATH = "clip_id", "mp3_path"
 
 
-@register_dataset("magnatagatune")
+@DATASETS.register
 def magnatagatune(
     *, root: Path, split_dir: Path | None = None, top_k: int = 50, **_: object
 ) -> Manifest:
-    """Build the MagnaTagATune manifest (``top_k`` applies only without ``split_dir``)."""
+    """Build the MagnaTagATune manifest (``top_k`` applies only without ``split_dir``).
+
+    Parameters
+    ----------
+    root : Path
+        The release: ``annotations_final.csv`` and the mp3 folders.
+    split_dir : Path, optional
+        The cleaned top-50 split (``tags.npy``, ``binary.npy``, ``train.npy``, …), used exactly.
+    top_k : int
+        Without ``split_dir``: keep the ``top_k`` most frequent tags as classes.
+
+    Returns
+    -------
+    Manifest
+        Named ``magnatagatune``.
+
+    Raises
+    ------
+    ManifestError
+        If the annotations or the split files are missing, malformed or disagree.
+    """
     root = Path(root).expanduser()
     annotations = _read_annotations(root / ANNOTATIONS_NAME)
     audio_root = root / "mp3" if (root / "mp3").is_dir() else root

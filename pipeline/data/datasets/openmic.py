@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.datasets import register_dataset
+from pipeline.data.datasets import DATASETS
 from pipeline.data.manifest import Manifest, ManifestError, listing, make_manifest
 
 NPZ_NAME = "openmic-2018.npz"
@@ -47,9 +47,29 @@ _EXPECTED = {
 }
 
 
-@register_dataset("openmic")
+@DATASETS.register
 def openmic(*, root: Path, valid_fraction: float = 0.15, seed: int = 2022, **_: object) -> Manifest:
-    """Build the OpenMIC-2018 manifest (split01, with a seeded validation hold-out)."""
+    """Build the OpenMIC-2018 manifest (split01, with a seeded validation hold-out).
+
+    Parameters
+    ----------
+    root : Path
+        The unpacked release (see the module docstring for the files expected there).
+    valid_fraction : float
+        Probability, in [0, 1), of a training key moving to "valid".
+    seed : int
+        Seed of the validation draw (2022 reproduces the paper's split).
+
+    Returns
+    -------
+    Manifest
+        Named ``openmic``; the 20 classes in the order of ``class-map.json``.
+
+    Raises
+    ------
+    ManifestError
+        If files are missing or malformed, or the partitions disagree with the archive.
+    """
     root = Path(root).expanduser()
     if not 0.0 <= valid_fraction < 1.0:
         raise ManifestError(f"openmic: valid_fraction must be in [0, 1), got {valid_fraction}")
@@ -135,13 +155,17 @@ def validation_keys(train_keys: list[str], *, fraction: float = 0.15, seed: int 
 
     Parameters
     ----------
-    train_keys : training keys in the archive's order (one draw each, in this order)
-    fraction : probability of a key going to validation
-    seed : seed of the ``random.Random`` generator
+    train_keys : list of str
+        Training keys in the archive's order (one draw each, in this order).
+    fraction : float
+        Probability of a key going to validation.
+    seed : int
+        Seed of the ``random.Random`` generator.
 
     Returns
     -------
-    set of str -- the keys whose draw ``uniform(0, 1)`` fell below ``fraction``
+    set of str
+        The keys whose draw ``uniform(0, 1)`` fell below ``fraction``.
     """
     draws = random.Random(seed)
     return {key for key in train_keys if draws.uniform(0.0, 1.0) < fraction}

@@ -20,16 +20,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.datasets import register_dataset
+from pipeline.data.datasets import DATASETS
 from pipeline.data.manifest import Manifest, ManifestError, listing, make_manifest
 
 REQUIRED = ("clip_id", "path", "split")
 _LABEL_VALUES = {"1": 1, "0": 0, "": -1}  # -1 marks unknown until the mask is taken
 
 
-@register_dataset("csv")
+@DATASETS.register
 def csv_table(*, csv: Path, name: str | None = None, **_: object) -> Manifest:
-    """Build a manifest named ``name`` (default: the CSV's stem) from a clip table."""
+    """Build a manifest named ``name`` (default: the CSV's stem) from a clip table.
+
+    Parameters
+    ----------
+    csv : Path
+        The clip table (see the module docstring for its columns).
+    name : str, optional
+        Name of the manifest; the CSV's file name without extension by default.
+
+    Returns
+    -------
+    Manifest
+        One class per column besides ``clip_id``, ``path`` and ``split``, in column order.
+
+    Raises
+    ------
+    ManifestError
+        If the file is missing, not UTF-8, malformed, lacks columns or holds bad labels; the
+        message names the file and the line.
+    """
     csv = Path(csv).expanduser()
     name = name or csv.stem
     table, lines = _read_table(csv, name)
