@@ -8,6 +8,8 @@ out of the mean.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.metrics import (
     average_precision_score,
@@ -30,13 +32,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) 
     -------
     np.ndarray -- (C,) float, NaN where a class has no observed positive or no observed negative
     """
-    out = np.full(scores.shape[1], np.nan)
-    for c in range(scores.shape[1]):
-        known = mask[:, c].astype(bool)
-        y = labels[known, c] > 0.5
-        if y.any() and not y.all():
-            out[c] = average_precision_score(y, scores[known, c])
-    return out
+    return _per_class(average_precision_score, scores, labels, mask)
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
@@ -88,12 +84,23 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndar
     -------
     np.ndarray -- (C,) float, NaN where a class has no observed positive or no observed negative
     """
+    return _per_class(roc_auc_score, scores, labels, mask)
+
+
+def _per_class(
+    score: Callable[[np.ndarray, np.ndarray], float],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+) -> np.ndarray:
+    """``score(y_true, y_score)`` per class over its observed entries; NaN for a class with
+    no observed positive or no observed negative."""
     out = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
         known = mask[:, c].astype(bool)
         y = labels[known, c] > 0.5
         if y.any() and not y.all():
-            out[c] = roc_auc_score(y, scores[known, c])
+            out[c] = score(y, scores[known, c])
     return out
 
 
