@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from pipeline.data.audio import (
     EmptyAudio,
@@ -8,6 +9,7 @@ from pipeline.data.audio import (
     TooShortAudio,
     UndecodableAudio,
     load_audio,
+    mix_to_mono,
     probe_duration,
 )
 
@@ -40,6 +42,37 @@ def test_stereo_is_averaged_and_max_duration_crops(tmp_path):
     audio = load_audio(path, sr_hz=8000, max_duration_s=0.5)
     assert len(audio) == 4000
     np.testing.assert_allclose(audio, 0.2, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6])
+def test_mixing_equals_numpy_mean_bit_for_bit(channels):
+    rng = np.random.default_rng(channels)
+    scale = rng.uniform(1e-3, 10.0, (1, channels))
+    audio = (rng.standard_normal((50_001, channels)) * scale).astype(np.float32)
+    mono = mix_to_mono(audio)
+    assert mono.dtype == np.float32 and mono.shape == (50_001,)
+    np.testing.assert_array_equal(mono, audio.mean(axis=1))
+
+
+@pytest.mark.parametrize(
+    "fmt,ext,channels",
+    [
+        ("WAV", "wav", 2),
+        ("FLAC", "flac", 2),
+        ("OGG", "ogg", 2),
+        ("MP3", "mp3", 2),
+        ("WAV", "wav", 6),
+    ],
+)
+def test_output_equals_decode_mix_resample_bit_for_bit(tmp_path, fmt, ext, channels):
+    """load_audio is soundfile's float32 decode, the channel mean and soxr HQ, nothing else."""
+    rng = np.random.default_rng(7)
+    path = tmp_path / f"clip.{ext}"
+    sf.write(path, 0.3 * rng.uniform(-1, 1, (44100 * 2, channels)), 44100, format=fmt)
+    decoded, rate = sf.read(path, dtype="float32", always_2d=True)
+    reference = soxr.resample(decoded.mean(axis=1), rate, 32000, quality="HQ")
+    np.testing.assert_array_equal(load_audio(path, sr_hz=32000), reference)
+    np.testing.assert_array_equal(load_audio(path, sr_hz=rate), decoded.mean(axis=1))
 
 
 def test_typed_errors_name_the_clip_and_the_cause(tmp_path):
