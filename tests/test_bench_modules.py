@@ -1,4 +1,5 @@
-"""Smoke runs of the benchmark modules on_the_fly (P1), extraction (P4) and scaling (P6, S1).
+"""Smoke runs of the benchmark modules on_the_fly (P1), extraction (P4), decoding (P7) and
+scaling (P6, S1).
 
 Each module's ``run`` is called as ``python -m pipeline.bench`` calls it, with a tiny context
 and, where the full clips would take too long here, shorter clips and fewer of them (module
@@ -14,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.bench import BenchContext, Figure, extraction, on_the_fly, scaling, steps
+from pipeline.bench import BenchContext, Figure, decoding, extraction, on_the_fly, scaling, steps
 from pipeline.bench.corpus import make_corpus
 from pipeline.data.audio import load_audio
 from pipeline.extract.decode import decode_ahead
@@ -91,6 +92,22 @@ def test_extraction_row(tmp_path, monkeypatch):
     assert d["clips"] == 8 and d["embedded"] == 8 and d["failed"] == 0
     assert figure.ratio == pytest.approx(d["extract_clips_per_s"] / d["embed_clips_per_s"])
     assert extraction.run(_ctx(tmp_path, only=frozenset({"P1"}))) == []
+
+
+def test_decoding_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(decoding, "CLIP_S", 2.0)
+    figures = decoding.run(_ctx(tmp_path))
+    assert [f.id for f in figures] == ["P7-wav", "P7-flac", "P7-ogg", "P7-mp3"]
+    for figure in figures:
+        _check_ratio(figure)
+        assert figure.target == "<= 1.3" and figure.details["calls"] == 5
+        assert figure.ratio == pytest.approx(figure.details["ours_ms"] / figure.details["bare_ms"])
+    # Both sides turn the same file into a waveform of the same rate and length.
+    path = tmp_path / "decoding" / "clip.flac"
+    assert len(load_audio(path, sr_hz=decoding.TARGET_HZ)) == len(
+        decoding.bare_decode_resample(path)
+    )
+    assert [f.id for f in decoding.run(_ctx(tmp_path, only=frozenset({"P7-ogg"})))] == ["P7-ogg"]
 
 
 @pytest.mark.slow

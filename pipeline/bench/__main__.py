@@ -34,6 +34,7 @@ from pipeline.bench import (
 MODULES: dict[str, tuple[str, ...]] = {
     "loading": ("P2", "P3", "P3-h5"),
     "extraction": ("P4",),
+    "decoding": ("P7-wav", "P7-flac", "P7-ogg", "P7-mp3"),
     "on_the_fly": ("P1",),
     "scaling": ("P6", "S1"),
     "steps": ("T1",),
