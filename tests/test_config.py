@@ -149,7 +149,9 @@ def test_unknown_dataset_gets_default_preset_and_presets_can_be_chosen() -> None
 def test_run_hash_ignores_speed_settings_only() -> None:
     base = train_config("openmic", teacher="panns")
     assert base.digest() == train_config("openmic", teacher="panns", workers=7).digest()
-    assert base.digest() == train_config("openmic", teacher="panns", device="cuda").digest()
+    for speed in ({"device": "cuda", "precision": "fp32"}, {"cache_on_device": "on"}):
+        assert base.digest() == train_config("openmic", teacher="panns", **speed).digest()
+    assert base.digest() == train_config("openmic", teacher="panns", compile=True).digest()
     assert base.digest() != train_config("openmic", teacher="panns", lr=3e-4).digest()
     # Spelling out the paper's λ is the same run as leaving it to the preset.
     assert base.digest() == train_config("openmic", teacher="panns", lam=0.9).digest()
@@ -169,6 +171,26 @@ def test_run_hash_ignores_speed_settings_only() -> None:
     kd = train_config("openmic", teacher="vggish", kd=True)
     assert kd.digest() == train_config("openmic", teacher="vggish", kd=True, probe_lr=0.2).digest()
     assert kd.digest() != train_config("openmic", teacher="vggish", kd=True, probe_lr=0.1).digest()
+
+
+def test_precision_enters_the_run_name_only_when_it_is_not_fp32() -> None:
+    # Names computed by the code before the precision setting existed: float32 runs keep them.
+    assert train_config("demo", device="cpu").run_name() == "cp_resnet-none-bc00a330"
+    assert train_config("demo", precision="fp32").run_name() == "cp_resnet-none-bc00a330"
+    assert train_config("openmic", teacher="passt", device="cpu").run_name("x") == (
+        "cp_resnet-passt-b6ffd294"
+    )
+    kd = train_config("magnatagatune", teacher="vggish", kd=True, precision="fp32")
+    assert kd.run_name() == "mobile_fcn-vggish-kd-4601c547"
+    bf16, fp16 = (train_config("demo", precision=p) for p in ("bf16", "fp16"))
+    assert len({bf16.run_name(), fp16.run_name(), "cp_resnet-none-bc00a330"}) == 3
+    # "auto" resolves per device: float32 on the CPU.
+    assert train_config("demo", precision="auto", device="cpu").resolved_precision == "fp32"
+    assert bf16.resolved_precision == "bf16"
+    with pytest.raises(ConfigError, match="precision must be one of bf16, fp16, fp32 or auto"):
+        train_config("demo", precision="half")
+    with pytest.raises(ConfigError, match="cache_on_device must be one of auto, on, off"):
+        train_config("demo", cache_on_device="yes")
 
 
 def test_probes_standardise_only_teachers_the_paper_did_not_use() -> None:

@@ -13,11 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
 from pipeline.data.manifest import make_manifest
 from pipeline.stores import StoreError, open_store
 from pipeline.train.augment import draw_mixup, mixup, spec_augment
+from pipeline.train.device_data import (
+    CachedLoader,
+    DeviceCache,
+    DevicePrefetcher,
+    cache_bytes,
+    compact_values,
+    use_device_cache,
+)
 from pipeline.train.loader import ClipDataset, collate
 from pipeline.train.samplers import MixupBatchSampler, ShardAwareSampler
 
@@ -455,6 +463,74 @@ def test_dataloader_reads_batch_and_partners_together(data):
     for batch, indices in zip(got, list(mixer), strict=True):
         assert batch["mel"].shape == (4, N_MELS, MEL_FRAMES)
         assert batch["index"].tolist() == indices
+
+
+# ------------------------------------------------------------------------------ device cache
+
+
+def _same_batch(a: dict, b: dict) -> None:
+    for key in ("mel", "labels", "mask", "index"):
+        assert a[key].dtype == b[key].dtype, key
+        assert torch.equal(a[key].cpu(), b[key].cpu()), key
+    assert len(a["teachers"]) == len(b["teachers"])
+    for x, y in zip(a["teachers"], b["teachers"], strict=True):
+        assert x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu())
+
+
+@pytest.mark.parametrize("mixing", [False, True])
+def test_device_cache_gives_the_streaming_batches_in_their_order(data, mixing):
+    ds = _train(data)
+    sampler = ShardAwareSampler(ds.shard_ids, window=2, seed=5)
+    batches = (
+        MixupBatchSampler(sampler, batch_size=2, n_items=len(ds), seed=5)
+        if mixing
+        else BatchSampler(sampler, 2, drop_last=True)
+    )
+    streaming = DataLoader(ds, batch_sampler=batches, collate_fn=collate)
+    cached = CachedLoader(DeviceCache(ds, torch.device("cpu"), chunk=3), batches)
+    assert len(cached) == len(streaming)
+    for epoch in range(3):  # the orders differ by epoch; both loaders follow the sampler's
+        (batches if mixing else sampler).set_epoch(epoch)
+        got, want = list(cached), list(streaming)
+        assert len(got) == len(want) > 0
+        for a, b in zip(got, want, strict=True):
+            _same_batch(a, b)
+
+
+def test_device_cache_holds_float16_only_where_exact(data):
+    ds = _train(data)
+    cache = DeviceCache(ds, torch.device("cpu"))
+    assert cache.mel.dtype == torch.float16  # eighths: exact in float16
+    rng = np.random.default_rng(1)
+    cache.teachers[0] = torch.from_numpy(rng.standard_normal((len(ds), 3, 5)).astype(np.float32))
+    assert compact_values(cache.teachers[0]).dtype == torch.float32
+    assert compact_values(cache.teachers[0].half().float()).dtype == torch.float16
+
+
+def test_device_prefetcher_passes_batches_through_on_the_cpu(data):
+    ds = _train(data)
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate)
+    prefetched = DevicePrefetcher(loader, torch.device("cpu"))
+    assert len(prefetched) == len(loader) and prefetched.dataset is ds
+    for a, b in zip(prefetched, loader, strict=True):
+        _same_batch(a, b)
+
+
+def test_device_cache_decision(data, monkeypatch):
+    ds = _train(data)
+    need = cache_bytes(ds)
+    assert need == len(ds) * (2 * N_MELS * MEL_FRAMES + 4 * (15 + 4) + 5 * len(CLASSES))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_device_cache("auto", [ds], cpu) == (False, "")
+    assert use_device_cache("on", [ds], cpu)[0] and not use_device_cache("off", [ds], cuda)[0]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * need, 10 * need))
+    fits, why = use_device_cache("auto", [ds], cuda)
+    assert fits and "cached on cuda" in why
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * need - 1, 10 * need))
+    fits, why = use_device_cache("auto", [ds], cuda)
+    assert not fits and "too large" in why
+    with pytest.raises(ValueError, match="cache_on_device"):
+        use_device_cache("maybe", [ds], cpu)
 
 
 # ------------------------------------------------------------------------------ SpecAugment

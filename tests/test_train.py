@@ -231,3 +231,77 @@ def test_a_run_shorter_than_an_epoch_has_no_best_and_evaluation_leaves_it_out(
     assert evaluate_all(other, "demo", probes=False) == [
         f"{result.run_dir}: left out, no validated epoch (no best.pt)"
     ]
+
+
+def test_device_cache_trains_exactly_as_streaming(data_dir: Path, tmp_path: Path) -> None:
+    settings = {
+        "teacher": "musicnn",
+        "max_epochs": 1,
+        "workers": 0,
+        "mixup_alpha": 0.3,
+        "student_options": {"base_channels": 8},  # a small student: the loaders are under test
+    }
+    streamed = train(
+        train_config("demo", **settings, cache_on_device="off"), data_dir, progress=False
+    )
+    cached = train(
+        train_config("demo", **settings, cache_on_device="on"),
+        sibling_data_dir(data_dir, tmp_path / "data"),
+        progress=False,
+    )
+    assert cached.run_dir.name == streamed.run_dir.name
+    pd.testing.assert_frame_equal(run_metrics(cached.run_dir), run_metrics(streamed.run_dir))
+
+
+def test_bf16_run_autocasts_the_student_and_keeps_losses_and_weights_float32(
+    data_dir: Path, monkeypatch
+) -> None:
+    from pipeline.train import loop, steps
+
+    seen: dict[str, set] = {"conv": set(), "loss": set(), "total": set()}
+    real_student, real_loss = loop.create_student, steps.east_loss
+
+    def student(*args, **kwargs):
+        model = real_student(*args, **kwargs)
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        convs[-1].register_forward_hook(lambda m, i, out: seen["conv"].add(out.dtype))
+        return model
+
+    def loss(logits, labels, mask, features, teachers, **kwargs):
+        seen["loss"].update({logits.dtype, features.dtype, *(t.dtype for t in teachers)})
+        total, logs = real_loss(logits, labels, mask, features, teachers, **kwargs)
+        seen["total"].add(total.dtype)
+        return total, logs
+
+    monkeypatch.setattr(loop, "create_student", student)
+    monkeypatch.setattr(steps, "east_loss", loss)
+    # bfloat16 on a CPU without native support is slow: a small student.
+    small = {"base_channels": 8}
+    settings = {"teacher": "musicnn", "max_epochs": 1, "workers": 0, "student_options": small}
+    cfg = train_config("demo", **settings, precision="bf16")
+    assert cfg.run_name() != train_config("demo", **settings).run_name()
+    result = train(cfg, data_dir, progress=False)
+    assert seen == {"conv": {torch.bfloat16}, "loss": {torch.float32}, "total": {torch.float32}}
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["precision"] == "bf16"
+    metrics = run_metrics(result.run_dir)
+    assert np.isfinite(metrics.select_dtypes("number").to_numpy()).all()
+    for name in ("best.pt", "last.pt"):
+        weights = torch.load(result.run_dir / name, weights_only=True)["model"]
+        assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+
+
+def test_fp16_run_scales_gradients_and_keeps_the_scale_for_a_resume(data_dir: Path) -> None:
+    cfg = train_config(
+        "demo",
+        teacher="none",
+        max_epochs=1,
+        workers=0,
+        precision="fp16",
+        student_options={"base_channels": 8},
+    )
+    result = train(cfg, data_dir, progress=False)
+    state = torch.load(result.run_dir / "last.pt", weights_only=True)["state"]
+    assert state["grad_scaler"]["scale"] > 0
+    assert json.loads((result.run_dir / "config.json").read_text())["precision"] == "fp16"
+    assert np.isfinite(run_metrics(result.run_dir)["train_total"]).all()

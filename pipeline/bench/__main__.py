@@ -38,6 +38,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "on_the_fly": ("P1",),
     "scaling": ("P6", "S1"),
     "steps": ("T1",),
+    "feeding": ("P9", "P9-cache"),
 }
 
 

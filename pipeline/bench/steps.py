@@ -15,7 +15,7 @@ import torch
 
 from pipeline.bench import BenchContext, Figure, device_name, measure_cases
 from pipeline.evaluate.paper import training_step_seconds
-from pipeline.students import count_parameters, create_student
+from pipeline.students import count_parameters, create_student, on_device
 
 BATCH = 16
 WARMUP_STEPS = 20
@@ -59,7 +59,9 @@ def step_seconds(case: Case, *, device: str, bf16: bool, steps: int, warmup: int
     """
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = create_student(case.student, n_classes=case.n_classes, n_mels=case.n_mels).to(dev)
+    model = on_device(
+        create_student(case.student, n_classes=case.n_classes, n_mels=case.n_mels), dev
+    )
     return training_step_seconds(
         model,
         n_classes=case.n_classes,

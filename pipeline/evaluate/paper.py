@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from pipeline.data.manifest import Manifest
-from pipeline.devices import resolve_device
+from pipeline.devices import autocast, resolve_device
 from pipeline.evaluate.arms import Context, Row, compare_runs
 from pipeline.fileio import write_text
 from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
@@ -120,7 +120,7 @@ def training_step_seconds(
     mask = torch.ones_like(labels, dtype=torch.bool)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast("bf16" if bf16 else "fp32", device):
             logits, features = model(mel)
         loss, _ = east_loss(
             logits.float(),

@@ -104,15 +104,16 @@ def run_config(cfg: TrainConfig, run_dir: Path, data: TrainingData) -> dict[str,
     Returns
     -------
     dict
-        ``cfg``'s fields, plus the values resolved from tables (``lam``, ``time_factors``,
-        ``probe_lrs``), the run name, classes, ``n_mels``, ``mel_frames``, the package version,
-        the recipe and ``labelled_train_clips``.
+        ``cfg``'s fields, plus the values resolved (``lam``, ``time_factors``, ``probe_lrs``
+        from tables, ``precision`` for the device), the run name, classes, ``n_mels``,
+        ``mel_frames``, the package version, the recipe and ``labelled_train_clips``.
     """
     return {
         **cfg.as_dict(),
         "lam": cfg.regulariser_weight,
         "time_factors": cfg.time_factors,
         "probe_lrs": cfg.probe_lrs,
+        "precision": cfg.resolved_precision,
         "run": run_dir.name,
         "classes": list(data.manifest.classes),
         "n_mels": data.train_set.n_mels,

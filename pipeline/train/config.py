@@ -8,7 +8,9 @@ official configs summarised in the README); anything can be overridden from the 
     cfg.run_name()                                                 # "cp_resnet-passt-1a2b3c4d"
 
 The hash behind the run name covers every field that can change the result; fields that only
-change speed (``workers``, ``device``) are left out, so a run can be resumed with other ones.
+change speed (``workers``, ``device``, ``cache_on_device``, ``compile``) are left out, so a run can
+be resumed with other ones. ``precision`` changes the arithmetic: it enters the hash when it is not
+``"fp32"``, so float32 runs keep their names and a bfloat16 run is a run of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline.devices import AUTO, PRECISIONS, resolve_precision
 from pipeline.students import list_students
 from pipeline.train.presets import (
     PRESETS,
@@ -38,8 +41,11 @@ class ConfigError(ValueError):
 # recipe (official students, Kaldi front end, validation total loss, per-clip mixup, ...).
 RECIPE = 2
 
+#: ``cache_on_device`` values (``"auto"``: on a CUDA device, when the splits fit).
+CACHE_SETTINGS = ("auto", "on", "off")
+
 # Fields that change how fast a run goes, never what it computes.
-NOT_HASHED = frozenset({"workers", "device"})
+NOT_HASHED = frozenset({"workers", "device", "cache_on_device", "compile", "precision"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,14 @@ class TrainConfig:
     probe_max_steps : optimiser-step limit of the KD linear probes
     workers : loader worker processes
     device : torch device; ``None`` = cuda when available
+    precision : ``"bf16"``, ``"fp16"`` or ``"fp32"``: the student's forward and backward run under
+        autocast at that precision (fp16 with a gradient scaler), while parameters, losses,
+        metrics and checkpoints stay float32; ``None`` or ``"auto"`` = bf16 on a CUDA device that
+        supports it, else fp32 (:func:`pipeline.devices.resolve_precision`)
+    cache_on_device : ``"auto"``, ``"on"`` or ``"off"``: hold both splits' mels and embeddings
+        on the device and index batches there (:mod:`pipeline.train.device_data`); ``"auto"`` =
+        on a CUDA device when they fit in half its free memory
+    compile : run the student through ``torch.compile``
     """
 
     dataset: str
@@ -129,6 +143,9 @@ class TrainConfig:
     probe_max_steps: int = 80_000
     workers: int = 2
     device: str | None = None
+    precision: str | None = None
+    cache_on_device: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -161,6 +178,16 @@ class TrainConfig:
             problems.append(f"label_fraction must lie in (0, 1], not {self.label_fraction}")
         if self.workers < 0:
             problems.append(f"workers must be ≥ 0, not {self.workers}")
+        if self.precision not in (None, AUTO, *PRECISIONS):
+            problems.append(
+                f"precision must be one of {', '.join(PRECISIONS)} or {AUTO}, "
+                f"not {self.precision!r}"
+            )
+        if self.cache_on_device not in CACHE_SETTINGS:
+            problems.append(
+                f"cache_on_device must be one of {', '.join(CACHE_SETTINGS)}, "
+                f"not {self.cache_on_device!r}"
+            )
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
@@ -177,6 +204,11 @@ class TrainConfig:
         if not self.teachers:
             return 0.0
         return self.lam if self.lam is not None else paper_lambda(self.dataset, self.teachers)
+
+    @property
+    def resolved_precision(self) -> str:
+        """The precision the run uses on its device (``"auto"`` resolved)."""
+        return resolve_precision(self.precision, self.device)
 
     @property
     def time_factors(self) -> tuple[tuple[int, int] | None, ...]:
@@ -210,6 +242,8 @@ class TrainConfig:
             [probe_standardises(t) for t in self.teachers] if self.kd else None
         )
         fields["recipe"] = RECIPE
+        if self.resolved_precision != "fp32":
+            fields["precision"] = self.resolved_precision
         text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -17,13 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 from pipeline.data.fractions import labelled_subset
 from pipeline.data.manifest import Manifest, clip_difference
 from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest
 from pipeline.stores import StoreError, read_store
 from pipeline.train.config import ConfigError, TrainConfig
+from pipeline.train.device_data import (
+    CachedLoader,
+    DeviceCache,
+    DevicePrefetcher,
+    Loader,
+    use_device_cache,
+)
 from pipeline.train.distributed import Processes, per_process_batch
 from pipeline.train.loader import ClipDataset, collate
 from pipeline.train.samplers import EvenShardSampler, MixupBatchSampler
@@ -139,12 +146,16 @@ def make_loaders(
     valid_set: ClipDataset,
     device: torch.device,
     procs: Processes,
-) -> tuple[DataLoader, EvenShardSampler | MixupBatchSampler, DataLoader | None]:
+    say: Callable[[str], object] = print,
+) -> tuple[Loader, EvenShardSampler | MixupBatchSampler, Loader | None]:
     """Training loader of this process's shards; the validation loader on rank 0 only.
 
     With mixup, each training batch carries its clips' partners, drawn from the whole split
     (:class:`pipeline.train.samplers.MixupBatchSampler`). Validation takes batches of the
-    global ``batch_size`` in split order, as the official run did.
+    global ``batch_size`` in split order, as the official run did. Batches reach the device as
+    ``cfg.cache_on_device`` decides (:mod:`pipeline.train.device_data`): indexed from splits
+    held there, or streamed by the workers and copied ahead of the step; the batches and their
+    order are the same either way.
 
     Parameters
     ----------
@@ -156,14 +167,16 @@ def make_loaders(
         Where batches go (memory is pinned for CUDA).
     procs : Processes
         This process's rank and the number of processes.
+    say : callable
+        Where the caching decision is told.
 
     Returns
     -------
-    train_loader : DataLoader
+    train_loader : DataLoader, DevicePrefetcher or CachedLoader
         Batches of ``batch_size // world_size`` clips (twice that with mixup partners).
     epochs : EvenShardSampler or MixupBatchSampler
         What to call ``set_epoch`` on before each epoch.
-    valid_loader : DataLoader or None
+    valid_loader : DataLoader, DevicePrefetcher, CachedLoader or None
         ``None`` on ranks other than 0.
 
     Raises
@@ -190,14 +203,27 @@ def make_loaders(
         batches = epochs = MixupBatchSampler(
             sampler, batch_size=batch_size, n_items=len(train_set), seed=cfg.seed, rank=procs.rank
         )
+    splits = (train_set, valid_set) if procs.main else (train_set,)
+    cached, why = use_device_cache(cfg.cache_on_device, splits, device)
+    if why:
+        say(why)
+    if cached:
+        valid_batches = BatchSampler(SequentialSampler(valid_set), cfg.batch_size, False)
+        return (
+            CachedLoader(DeviceCache(train_set, device), batches),
+            epochs,
+            CachedLoader(DeviceCache(valid_set, device), valid_batches) if procs.main else None,
+        )
     common = {
         "collate_fn": collate,
         "num_workers": cfg.workers,
         "persistent_workers": cfg.workers > 0,
         "pin_memory": device.type == "cuda",
     }
-    train_loader = DataLoader(train_set, batch_sampler=batches, **common)
+    train_loader = DevicePrefetcher(DataLoader(train_set, batch_sampler=batches, **common), device)
     valid_loader = None
     if procs.main:
-        valid_loader = DataLoader(valid_set, batch_size=cfg.batch_size, shuffle=False, **common)
+        valid_loader = DevicePrefetcher(
+            DataLoader(valid_set, batch_size=cfg.batch_size, shuffle=False, **common), device
+        )
     return train_loader, epochs, valid_loader

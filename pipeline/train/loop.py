@@ -58,10 +58,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pipeline.devices import resolve_device
+from pipeline.devices import resolve_device, resolve_precision
 from pipeline.evaluate.metrics import label_frequency_map
 from pipeline.fileio import write_json
-from pipeline.students import count_parameters, create_student
+from pipeline.students import count_parameters, create_student, on_device
 from pipeline.train.checkpoints import (
     BEST,
     SUMMARY,
@@ -178,11 +178,16 @@ def _train(
         n_classes=len(data.manifest.classes),
         n_mels=train_set.n_mels,
         **cfg.student_options,
-    ).to(device)
+    )
+    student = on_device(student, device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    precision = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     probes = kd_probes(cfg, train_set, valid_set, run_dir, procs, device) if cfg.kd else []
-    train_loader, epochs, valid_loader = make_loaders(cfg, train_set, valid_set, device, procs)
+    train_loader, epochs, valid_loader = make_loaders(cfg, train_set, valid_set, device, procs, say)
     state = resume(run_dir, student, optimizer, device)
+    if "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
     if state["epoch"]:
         say(f"{run_dir}: resuming after epoch {state['epoch']} (step {state['step']})")
     resumed_from = state["epoch"]
@@ -192,12 +197,14 @@ def _train(
         model = DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        model = torch.compile(model)
     n_params = count_parameters(student)
     chance = label_frequency_map(valid_set.labels, valid_set.mask)
     say(
         f"{run_dir.name}: {cfg.student} ({n_params:,} parameters), teacher {cfg.teacher}, "
         f"λ={cfg.regulariser_weight}, {len(train_set)} train / {len(valid_set)} valid clips, "
-        f"label-frequency valid mAP {chance:.3f}, on {device}"
+        f"label-frequency valid mAP {chance:.3f}, on {device} at {precision}"
         + (f" × {procs.world_size} processes" if procs.parallel else "")
     )
     writer = tensorboard(run_dir, purge_step=resumed_from) if main else None
@@ -224,6 +231,7 @@ def _train(
                 generator,
                 device,
                 bar,
+                scaler=scaler,
                 world_size=procs.world_size,
                 max_steps=steps,
             )
@@ -250,6 +258,8 @@ def _train(
             "clips_per_s": steps * cfg.batch_size / seconds,
         }
         state["history"].append(row)
+        if scaler.is_enabled():
+            state["grad_scaler"] = scaler.state_dict()
         decision, stopped = _review(cfg, state)
         for group in optimizer.param_groups:
             group["lr"] = decision.lr

@@ -5,6 +5,11 @@ warping the cached log-mels → SpecAugment on each clip → per-clip mixup with
 loader appended → :func:`objective` = (1 − λ)·BCE + λ·regulariser → Adam step with the gradient
 norm clipped. Validation (:func:`validate`) computes the same objective without augmentation,
 and mAP.
+
+Precision: the student's forward runs under autocast at the run's precision
+(:func:`pipeline.devices.autocast`); its logits and features are cast to float32 before the
+objective, so losses, gradients of the parameters (float32 themselves) and metrics are float32.
+At fp16 a gradient scaler guards the backward pass against underflow.
 """
 
 from __future__ import annotations
@@ -18,21 +23,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pipeline.devices import autocast, resolve_precision
 from pipeline.evaluate.metrics import mean_average_precision
 from pipeline.extract.frontends import frontend_config
 from pipeline.extract.melbanks import jitter_mel_bands
 from pipeline.students import Student
 from pipeline.train.augment import draw_mixup, mixup, spec_augment
 from pipeline.train.config import TrainConfig
+from pipeline.train.device_data import Loader, to_device
 from pipeline.train.loader import ClipDataset
 from pipeline.train.losses import east_loss
 from pipeline.train.probe import LinearProbe
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    moved = {k: batch[k].to(device, non_blocking=True) for k in ("mel", "labels", "mask")}
-    moved["teachers"] = [t.to(device, non_blocking=True) for t in batch["teachers"]]
-    return {**batch, **moved}
 
 
 def objective(
@@ -91,7 +92,7 @@ def objective(
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Loader,
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
     probes: list[LinearProbe],
@@ -99,6 +100,7 @@ def train_one_epoch(
     device: torch.device,
     bar: tqdm,
     *,
+    scaler: torch.amp.GradScaler | None = None,
     world_size: int = 1,
     max_steps: int | None = None,
 ) -> dict[str, float]:
@@ -114,7 +116,7 @@ def train_one_epoch(
     ----------
     model : nn.Module
         The student, trained in place.
-    loader : DataLoader
+    loader : Loader
         This process's training batches.
     optimizer : torch.optim.Optimizer
         Steps once per batch.
@@ -128,6 +130,8 @@ def train_one_epoch(
         Where the batches go.
     bar : tqdm
         Progress bar; it counts the clips of all ``world_size`` processes.
+    scaler : torch.amp.GradScaler or None
+        Scales the loss at fp16 (one that is not enabled, or ``None``, leaves steps as they are).
     world_size : int
         Number of processes.
     max_steps : int or None
@@ -140,10 +144,12 @@ def train_one_epoch(
     """
     model.train()
     mel_config = frontend_config(cfg.frontend)
+    precision = resolve_precision(cfg.precision, device)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     sums: dict[str, float] = {}
     steps = 0
     for batch in loader if max_steps is None else itertools.islice(loader, max_steps):
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         if cfg.band_jitter:
             batch["mel"] = jitter_mel_bands(batch["mel"], config=mel_config, generator=generator)
         if cfg.specaug_freq or cfg.specaug_time:
@@ -158,12 +164,15 @@ def train_one_epoch(
             lam = draw_mixup(len(batch["mel"]) // 2, alpha=cfg.mixup_alpha, generator=generator)
             batch = mixup(batch, lam=lam)
 
-        logits, features = model(batch["mel"])
-        loss, logs = objective(cfg, probes, logits, features, batch)
+        with autocast(precision, device):
+            logits, features = model(batch["mel"])
+        loss, logs = objective(cfg, probes, logits.float(), features.float(), batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
 
         steps += 1
         for key, value in logs.items():
@@ -198,7 +207,7 @@ def predict_logits(model: Student, loader: DataLoader, device: torch.device) -> 
 @torch.no_grad()
 def validate(
     model: Student,
-    loader: DataLoader,
+    loader: Loader,
     cfg: TrainConfig,
     probes: Sequence[LinearProbe],
     device: torch.device,
@@ -214,7 +223,7 @@ def validate(
     ----------
     model : Student
         Put in eval mode.
-    loader : DataLoader
+    loader : Loader
         The split's batches, over a :class:`pipeline.train.loader.ClipDataset`.
     cfg : TrainConfig
         The objective's settings.
@@ -229,12 +238,15 @@ def validate(
         ``"loss"``, the other loss parts, and ``"map"``.
     """
     model.eval()
+    precision = resolve_precision(cfg.precision, device)
     sums: dict[str, float] = {}
     chunks = []
     for batch in loader:
-        batch = _to_device(batch, device)
-        logits, features = model(batch["mel"])
-        _, logs = objective(cfg, probes, logits, features, batch)
+        batch = to_device(batch, device)
+        with autocast(precision, device):
+            logits, features = model(batch["mel"])
+        logits = logits.float()
+        _, logs = objective(cfg, probes, logits, features.float(), batch)
         for key, value in logs.items():
             sums[key] = sums.get(key, 0.0) + value * len(logits)
         chunks.append(logits.float().cpu())
