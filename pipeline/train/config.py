@@ -8,8 +8,8 @@ official configs summarised in the README); anything can be overridden from the 
     cfg.run_name()                                                 # "cp_resnet-passt-1a2b3c4d"
 
 The hash behind the run name covers every field that can change the result; fields that only
-change speed (``workers``, ``device``, ``cache_on_device``, ``compile``) are left out, so a run can
-be resumed with other ones. ``precision`` changes the arithmetic: it enters the hash when it is not
+change speed (``workers``, ``device``, ``cache_on_device``) are left out, so a run can be resumed
+with other ones. ``precision`` changes the arithmetic: it enters the hash when it is not
 ``"fp32"``, so float32 runs keep their names and a bfloat16 run is a run of its own.
 """
 
@@ -45,7 +45,7 @@ RECIPE = 2
 CACHE_SETTINGS = ("auto", "on", "off")
 
 # Fields that change how fast a run goes, never what it computes.
-NOT_HASHED = frozenset({"workers", "device", "cache_on_device", "compile", "precision"})
+NOT_HASHED = frozenset({"workers", "device", "cache_on_device", "precision"})
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,6 @@ class TrainConfig:
     cache_on_device : ``"auto"``, ``"on"`` or ``"off"``: hold both splits' mels and embeddings
         on the device and index batches there (:mod:`pipeline.train.device_data`); ``"auto"`` =
         on a CUDA device when they fit in half its free memory
-    compile : run the student through ``torch.compile``
     """
 
     dataset: str
@@ -145,7 +144,6 @@ class TrainConfig:
     device: str | None = None
     precision: str | None = None
     cache_on_device: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -23,6 +23,12 @@ partners) from (seed, epoch). ``last.pt`` holds everything else (weights, optimi
 history — the schedule is replayed from it), so a run killed at any moment and started again
 ends with the metrics of an uninterrupted run.
 
+Speed: the student's forward and backward run under autocast at ``precision`` (bf16 by default on
+a capable GPU, see :mod:`pipeline.train.steps`) while weights, losses, metrics and checkpoints stay
+float32; on CUDA its convolutions use the channels-last layout; batches come from splits held on
+the device or are copied there ahead of each step (:mod:`pipeline.train.device_data`). None of
+these changes which clips a step sees or in what order.
+
 Several processes (``torchrun``, data-parallel): when ``WORLD_SIZE`` > 1 in the environment,
 :func:`train` joins the process group (gloo on the CPU, nccl on CUDA with ``cuda:LOCAL_RANK``
 per process) and wraps the student in ``DistributedDataParallel``. ``batch_size`` stays the
@@ -197,8 +203,6 @@ def _train(
         model = DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if cfg.compile:
-        model = torch.compile(model)
     n_params = count_parameters(student)
     chance = label_frequency_map(valid_set.labels, valid_set.mask)
     say(
