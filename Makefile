@@ -24,6 +24,10 @@ DEVICE  ?=
 STORE   ?=
 # Extra teacher options, e.g. TEACHER_OPTS="layer=penultimate batch_size=32"
 TEACHER_OPTS ?=
+# Arithmetic of the teacher's network in stage one: auto (default: bf16 on a GPU that supports
+# it, for teachers whose bf16 embeddings agree with fp32), bf16, fp16 or fp32. Not a stamp
+# variable: it is not part of a store's fingerprint, so changing it does not redo a store.
+PRECISION ?=
 # Stage one on a Ray cluster: ENGINE=ray [RAY_ADDRESS=auto|host:port] (the same store)
 ENGINE      ?= local
 RAY_ADDRESS ?=
@@ -55,6 +59,7 @@ CLI       := $(PY) -m pipeline --data-dir $(DATA)
 # Appended to data / extract / mels: exit status 1 (some clips failed, output complete) is fine.
 SOME_FAILED := || [ $$? -eq 1 ]
 ENGINE_OPTS := $(if $(filter ray,$(ENGINE)),--engine ray $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)))
+PRECISION_OPTS := $(if $(PRECISION),--precision $(PRECISION))
 INSTALLED := $(VENV)/.installed
 STAMPS    := $(DATA)/stamps
 CACHE     := $(DATA)/cache/$(DATASET)
@@ -89,6 +94,7 @@ help:
 	@echo "make data DATASET=<name> CSV=<file.csv>     manifest from your own CSV"
 	@echo "make extract DATASET=... TEACHER=...        stage one: teacher embeddings (resumable)"
 	@echo "make extract ... ENGINE=ray [RAY_ADDRESS=auto]  the same on a Ray cluster"
+	@echo "make extract ... PRECISION=bf16             teacher network in bf16 (default auto)"
 	@echo "make mels DATASET=... [FRONTEND=cp_resnet]  log-mel store (make train builds it if missing)"
 	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
 	@echo "                                            stage two: train a student (resumable)"
@@ -132,12 +138,12 @@ extract: $(EMBEDDING)
 $(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(subst :,-,$(or $(STORE),$(TEACHER))).params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(TEACHER) --replace-stale $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
-		$(foreach o,$(TEACHER_OPTS),-o $(o)) $(ENGINE_OPTS) $(SOME_FAILED)
+		$(foreach o,$(TEACHER_OPTS),-o $(o)) $(PRECISION_OPTS) $(ENGINE_OPTS) $(SOME_FAILED)
 
 # Teacher stores a training run needs, by store name (= teacher name).
 $(CACHE)/%.zarr/COMPLETE: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(patsubst hear-%,hear:%,$*) --replace-stale \
-		$(if $(DEVICE),--device $(DEVICE)) $(ENGINE_OPTS) $(SOME_FAILED)
+		$(if $(DEVICE),--device $(DEVICE)) $(PRECISION_OPTS) $(ENGINE_OPTS) $(SOME_FAILED)
 
 mels: $(MANIFEST)
 	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) \

@@ -86,6 +86,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         name=args.name,
         weights=args.weights,
         device=args.device,
+        precision=args.precision,
         teacher_options=dict(args.option),
         replace_stale=args.replace_stale,
         engine=args.engine,

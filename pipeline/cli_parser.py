@@ -120,6 +120,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         Parsing sets ``command``, the name of the chosen stage, next to its options.
     """
     from pipeline.data.datasets import list_datasets
+    from pipeline.devices import AUTO, PRECISIONS
     from pipeline.extract.frontends import list_frontends
     from pipeline.teachers import list_teachers
 
@@ -170,6 +171,14 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", help="teacher weights file (default: env var, then package cache)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--precision",
+        choices=(AUTO, *PRECISIONS),
+        default=AUTO,
+        help="arithmetic of the teacher's network (default: auto, bf16 on a GPU that supports "
+        "it for a teacher whose bf16 embeddings agree with fp32, else fp32); recorded in the "
+        "store, not part of its fingerprint",
+    )
     p.add_argument(
         "-o",
         "--option",

@@ -123,6 +123,6 @@ def test_defaults_and_argument_checks(monkeypatch):
     assert args.scale == 0.1 and args.workers >= 1 and args.only is None
     assert parse_args(["--scale", "2"]).scale == 2.0
     assert parse_args(["--only", "P2, P3-h5"]).only == frozenset({"P2", "P3-h5"})
-    for bad in (["--only", "P9"], ["--scale", "0"], ["--repeats", "0"]):
+    for bad in (["--only", "P99"], ["--scale", "0"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             parse_args(bad)

@@ -85,12 +85,20 @@ def test_extraction_row(tmp_path, monkeypatch):
     monkeypatch.setattr(extraction, "CLIP_S", 3.0)
     monkeypatch.setattr(extraction, "MIN_CLIPS", 8)
     monkeypatch.setattr(extraction, "BATCH_SIZE", 4)
-    [figure] = extraction.run(_ctx(tmp_path))
+    # Two decode jobs: extract() decodes in its pool, decoding alone in two plain processes.
+    [figure] = extraction.run(dataclasses.replace(_ctx(tmp_path), workers=2))
     assert figure.id == "P4" and figure.target == ">= 0.8"
     _check_ratio(figure)
     d = figure.details
     assert d["clips"] == 8 and d["embedded"] == 8 and d["failed"] == 0
-    assert figure.ratio == pytest.approx(d["extract_clips_per_s"] / d["embed_clips_per_s"])
+    assert d["decode_jobs"] == 2 and "2 plain spawned processes" in d["decode_in"]
+    sides = {"teacher": d["embed_clips_per_s"], "decode": d["decode_clips_per_s"]}
+    assert all(rate > 0 for rate in sides.values())
+    assert d["bound"] == min(sides, key=sides.__getitem__)
+    assert d["bound_clips_per_s"] == min(sides.values())
+    assert figure.ratio == pytest.approx(d["extract_clips_per_s"] / min(sides.values()))
+    assert d["bound"] in figure.denominator and "load_average_1min" in d
+    assert len(d["decode_times_s"]) == len(d["extract_times_s"]) == 1
     assert extraction.run(_ctx(tmp_path, only=frozenset({"P1"}))) == []
 
 

@@ -16,7 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 def _make(data: Path, *args: str) -> set[str]:
     """Run a make target on a small demo and return the pipeline stages it ran."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
-    for var in ("DATASET", "TEACHER", "STORE", "TEACHER_OPTS", "LAMBDA", "KD", "SETTINGS"):
+    for var in (
+        "DATASET",
+        "TEACHER",
+        "STORE",
+        "TEACHER_OPTS",
+        "LAMBDA",
+        "KD",
+        "SETTINGS",
+        "PRECISION",
+    ):
         env.pop(var, None)
     result = subprocess.run(
         [

@@ -29,6 +29,7 @@ from pipeline.bench import (
     is_error,
     write_results,
 )
+from pipeline.extract.decode import usable_cores
 
 # Module (under pipeline.bench) → the figure IDs it reports, in running order.
 MODULES: dict[str, tuple[str, ...]] = {
@@ -39,6 +40,15 @@ MODULES: dict[str, tuple[str, ...]] = {
     "scaling": ("P6", "S1"),
     "steps": ("T1",),
     "feeding": ("P9", "P9-cache"),
+    "precision": (
+        "PR-musicnn",
+        "PR-aisfx",
+        "PR-panns",
+        "PR-vggish",
+        "PR-openl3",
+        "PR-passt",
+        "PR-hear",
+    ),
 }
 
 
@@ -79,7 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workers",
         type=int,
         default=None,
-        help="DataLoader workers / decode jobs (default: CPU count)",
+        help="DataLoader workers / decode jobs (default: the usable CPU cores)",
     )
     parser.add_argument("--out", type=Path, default=Path("data/bench"), help="results folder")
     parser.add_argument(
@@ -87,7 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.scale = _default_scale() if args.scale is None else args.scale
-    args.workers = max(1, os.cpu_count() or 1) if args.workers is None else args.workers
+    args.workers = usable_cores() if args.workers is None else args.workers
     if args.scale <= 0:
         parser.error(f"--scale must be positive, got {args.scale}")
     if args.repeats < 1:
@@ -162,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join(
             [sys.executable, "-m", "pipeline.bench", *(sys.argv[1:] if argv is None else argv)]
         ),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": usable_cores(),
         "repeats": ctx.repeats,
         "workers": ctx.workers,
         "only": None if ctx.only is None else sorted(ctx.only),

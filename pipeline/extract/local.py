@@ -10,7 +10,8 @@ finished shard is written once with its done marker, so a killed run resumes whe
 Clips that cannot be decoded or embedded are recorded with their cause and left at zero frames;
 they never abort the run unless more than ``max_failed_fraction`` fail.
 Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
-An encoder's ``store_compression`` ("zstd" unless it says otherwise) is the store's codec.
+An encoder's ``store_compression`` ("zstd" unless it says otherwise) is the store's codec, and
+a teacher's ``precision`` is recorded in the store's ``precisions`` by each run that writes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.data.manifest import Manifest
-from pipeline.extract.decode import decode_ahead
+from pipeline.extract.decode import decode_ahead, default_decode_jobs
 from pipeline.stores import ClipStore, ShardPlan, open_store
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -170,6 +171,21 @@ def open_encoder_store(
     )
 
 
+def record_precision(store: ClipStore, encoder: Encoder) -> None:
+    """Record the precision ``encoder`` computes at in ``store`` (nothing for an encoder without
+    a ``precision``, such as a mel front end).
+
+    Parameters
+    ----------
+    store : ClipStore
+        The store a run is about to write shards into.
+    encoder : Encoder
+    """
+    precision = getattr(encoder, "precision", None)
+    if precision is not None:
+        store.record_precision(precision)
+
+
 def max_frames_for(manifest: Manifest, teacher: Encoder, max_duration_s: float | None) -> int:
     """Frames of the longest clip of ``manifest`` (cut to ``max_duration_s``) for ``teacher``.
 
@@ -214,7 +230,7 @@ def extract(
     ----------
     batch_size : int > 0 -- clips per teacher call (and per decode task)
     shard_size : int > 0 -- clips per shard, the unit of writing and resuming
-    jobs : decode worker processes; default: CPU count − 1 (at least 1)
+    jobs : decode worker processes; default: usable cores − 1 (``default_decode_jobs``)
     max_duration_s : keep only the first seconds of each clip
     max_failed_fraction : abort without marking the store complete above this failure rate
     overwrite : delete an existing store (also one made with other settings) first
@@ -230,10 +246,12 @@ def extract(
     shards = store.shards()
     done = store.done_shards()
     todo = [p.index for p in shards if p.index not in done]
+    if todo:
+        record_precision(store, teacher)
     summary = ExtractSummary(str(out), len(clip_ids), 0, shards_skipped=len(done))
     paths = manifest.clips["path"].tolist()
     batches = list(_batches(shards, todo, batch_size))
-    jobs = jobs or max(1, (os.cpu_count() or 2) - 1)
+    jobs = jobs or default_decode_jobs()
     decoded = decode_ahead(
         (
             (

@@ -93,7 +93,12 @@ def _decoded_shard_bytes(
 
 
 class ShardEmbedder:
-    """Ray actor: loads the teacher once, then embeds and writes whole shards."""
+    """Ray actor: loads the teacher once, then embeds and writes whole shards.
+
+    Each output row names the shard, the clips the teacher zero-padded (JSON) and the precision
+    the actor's teacher ran at ("auto" resolves on the actor's own device), which the driver
+    records in the store.
+    """
 
     def __init__(
         self,
@@ -122,7 +127,11 @@ class ShardEmbedder:
             write_results(self.store, shard, results)
             shards.append(shard)
             padded.append(json.dumps(notes))
-        return {"shard": np.asarray(shards, np.int64), "padded": np.asarray(padded, object)}
+        return {
+            "shard": np.asarray(shards, np.int64),
+            "padded": np.asarray(padded, object),
+            "precision": np.asarray([self.teacher.precision] * len(shards), object),
+        }
 
 
 def extract_ray(
@@ -228,6 +237,7 @@ def extract_ray(
                 batch_format="numpy",
             )
         )
+        precisions: set[str] = set()
         bar = tqdm(
             total=sum(sizes.values()),
             unit="clip",
@@ -236,6 +246,9 @@ def extract_ray(
         )
         with bar:
             for row in written.iter_rows():
+                if str(row["precision"]) not in precisions:
+                    precisions.add(str(row["precision"]))
+                    store.record_precision(str(row["precision"]))
                 summary.padded.update(json.loads(row["padded"]))
                 summary.shards_written += 1
                 summary.processed += sizes[int(row["shard"])]

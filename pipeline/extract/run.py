@@ -135,6 +135,7 @@ def run_extraction(
     name: str | None = None,
     weights: str | os.PathLike | None = None,
     device: str | None = None,
+    precision: str | None = None,
     teacher_options: Mapping[str, Any] | None = None,
     replace_stale: bool = False,
     engine: str = "local",
@@ -161,6 +162,11 @@ def run_extraction(
     device : str, optional
         Torch device of the teacher; default: :func:`pipeline.devices.resolve_device`'s. On Ray
         the teacher built here only checks the weights and settings, on the CPU.
+    precision : {"auto", "bf16", "fp16", "fp32"}, optional
+        Arithmetic of the teacher's network (see
+        :meth:`pipeline.teachers.Teacher.choose_precision`); default "auto": bf16 on a GPU that
+        supports it, for a teacher whose bf16 embeddings agree with its fp32 ones, else fp32.
+        It does not enter the store's fingerprint; the store records the precisions used.
     teacher_options : mapping, optional
         The teacher's keyword options (``layer="penultimate"``, …).
     replace_stale : bool
@@ -181,13 +187,13 @@ def run_extraction(
     -------
     FilledStore
     """
-    from pipeline.devices import resolve_device
+    from pipeline.devices import AUTO, resolve_device
     from pipeline.teachers import create_teacher
 
-    teacher_options = dict(teacher_options or {})
     manifest = read_manifest(data_dir, dataset)
     on_ray = engine == "ray"
     device = "cpu" if on_ray else str(resolve_device(device))
+    teacher_options = {"precision": precision or AUTO, **(teacher_options or {})}
     teacher = create_teacher(teacher_name, weights=weights, device=device, **teacher_options)
     out = store_path(data_dir, dataset, name or teacher_name)
     if replace_stale and not options.get("overwrite"):

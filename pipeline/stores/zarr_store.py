@@ -8,7 +8,7 @@ Layout of ``<name>.zarr/``::
     progress/shard-000003.json         done marker of shard 3, with that shard's failures
     COMPLETE                           written once every shard is done (Make depends on it)
 
-Group attributes hold the ``fingerprint`` (everything that determines the values) and the layout.
+Group attributes hold the ``fingerprint`` (what determines the values), layout and precisions.
 A shard is written by exactly one writer in one assignment, then its marker is written; zarr's
 local store renames each object into place, so a killed writer leaves a shard either whole or
 absent and resuming only redoes shards without a marker. This is the only module that imports
@@ -34,11 +34,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from pipeline.fileio import write_text
-from pipeline.stores.base import (
-    COMPLETE_MARKER,
-    STORE_FORMAT,
-    StoreError,
-)
+from pipeline.stores.base import COMPLETE_MARKER, STORE_FORMAT, StoreError
 from pipeline.stores.fingerprint import canonical, fingerprint_diff
 from pipeline.stores.rows import BatchReads, frame_counts, runs
 from pipeline.stores.shard_reader import ShardReader
@@ -100,6 +96,15 @@ class ClipStore(BatchReads):
 
     def __len__(self) -> int:
         return int(self._group["data"].shape[0])
+
+    @property
+    def precisions(self) -> list[str]:
+        """Sorted precisions ("fp32", "bf16", …) of the runs that wrote the values (metadata)."""
+        return list(self._group.attrs.get("precisions", []))
+
+    def record_precision(self, precision: str) -> None:
+        """Add ``precision`` to :attr:`precisions`; it is not part of the fingerprint."""
+        self._group.attrs["precisions"] = sorted({*self.precisions, precision})
 
     @cached_property
     def clip_ids(self) -> list[str]:

@@ -6,6 +6,10 @@ is the teacher ``panns``), on the interface of :class:`~pipeline.teachers.base.T
     teacher = create_teacher("musicnn", device="cpu")
     [emb] = teacher.embed([waveform])        # (n_frames, teacher.dim) float32
 
+Every teacher takes ``precision=`` ("fp32" by default, "bf16", "fp16" or "auto"): the arithmetic
+of its network under autocast (:meth:`~pipeline.teachers.base.Teacher.choose_precision`); its
+embeddings stay float32 and its fingerprint does not change.
+
 Teachers run only in stage one (extraction); training reads their cached output. Listing them
 imports none of them: some of their packages read files or start runtimes on import.
 """

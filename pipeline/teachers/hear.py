@@ -17,8 +17,7 @@ embedding, one frame per clip). Usage::
     make extract DATASET=openmic TEACHER=hear:<module> WEIGHTS=<file>
     pipeline extract openmic hear:<module> --weights <file> -o layer=scene
 
-Its embedding store and Make target are called ``hear-<module>``: colons become dashes in file
-and target names.
+Its embedding store and Make target are called ``hear-<module>`` (':' becomes '-' in names).
 
 Weights: the file the module's ``load_model`` expects, given explicitly (``WEIGHTS=<file>``);
 there is no default location. Without one, ``load_model()`` is called with no argument, and
@@ -50,7 +49,7 @@ import torch
 from torch import nn
 
 from pipeline.fileio import file_sha256
-from pipeline.teachers.base import Teacher
+from pipeline.teachers.base import Teacher, option_bool
 from pipeline.teachers.weights import InvalidWeightsError, MissingWeightsError
 
 LAYERS = ("timestamp", "scene")
@@ -154,6 +153,10 @@ class HearTeacher(Teacher):
     layer : ``"timestamp"`` (frames every ``hop_s`` seconds) or ``"scene"`` (one frame)
     pad_below_s : float >= 0 -- clips shorter than this (seconds) are zero-padded to it at the
         end, for modules that cannot embed very short audio
+    precision : "fp32" (default), "bf16", "fp16" or "auto" -- autocast around the module's
+        functions, front end included (:meth:`Teacher.choose_precision`)
+    bf16_agrees : bool -- the module's bf16 embeddings are known to agree with its fp32 ones;
+        default false: ``"auto"`` runs an unknown module at fp32
 
     Attributes
     ----------
@@ -175,6 +178,8 @@ class HearTeacher(Teacher):
         batch_size: int | str = 16,
         layer: str = "timestamp",
         pad_below_s: float | str = 0.0,
+        precision: str | None = "fp32",
+        bf16_agrees: bool | str = False,
     ):
         if layer not in LAYERS:
             raise ValueError(f"unknown HEAR layer {layer!r}; choose one of {', '.join(LAYERS)}")
@@ -188,6 +193,8 @@ class HearTeacher(Teacher):
         self.module_name = module
         self.layer = layer
         self.device = torch.device(device)
+        self.bf16_agrees = option_bool("bf16_agrees", bf16_agrees)
+        self.choose_precision(precision, self.device)
         self.module = import_hear_module(module)
         self.weights = self._weights_path(weights)
         # Hashed now, so the fingerprint names the weights loaded even if the file is replaced.
@@ -350,7 +357,7 @@ class HearTeacher(Teacher):
 
     def _timestamp_embeddings(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The module's (B, T, dim) embeddings and (B, T) timestamps (ms), shapes checked."""
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             returned = self.module.get_timestamp_embeddings(batch, self.model)
         if not isinstance(returned, tuple | list) or len(returned) < 2:
             raise HearApiError(
@@ -375,7 +382,7 @@ class HearTeacher(Teacher):
 
     def _scene(self, batch: torch.Tensor) -> np.ndarray:
         """The module's (B, dim) scene embeddings, shape checked."""
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             embeddings = _to_numpy(self.module.get_scene_embeddings(batch, self.model))
         expected = (batch.shape[0], self.dim)
         if embeddings.shape != expected:

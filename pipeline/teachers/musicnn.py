@@ -311,7 +311,9 @@ class MusicnnTeacher(Teacher):
     ``layer`` picks the output: ``max_pool`` (default, 753: the widest tag-agnostic summary of
     the whole front and mid end), ``mean_pool`` (753), ``penultimate`` (200, shaped by the
     tagging objective) or ``taggram`` (the 50 tag probabilities). ``batch_size`` patches go
-    through the network at once; on CPU each needs about 30 MB of activations.
+    through the network at once; on CPU each needs about 30 MB of activations. ``precision``
+    (``"fp32"`` by default, ``"bf16"``, ``"fp16"`` or ``"auto"``) is the autocast of the network;
+    the mel front end stays as musicnn computed it (see :meth:`Teacher.choose_precision`).
     """
 
     # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
@@ -321,6 +323,7 @@ class MusicnnTeacher(Teacher):
     hop_s = PATCH_FRAMES * HOP / SAMPLE_RATE_HZ
     # Shortest clip with one whole patch: 1 + N // 256 ≥ 187 frames.
     min_duration_s = (PATCH_FRAMES - 1) * HOP / SAMPLE_RATE_HZ
+    bf16_agrees = True
 
     def __init__(
         self,
@@ -329,6 +332,7 @@ class MusicnnTeacher(Teacher):
         layer: str = "max_pool",
         model: str = "MTT_musicnn",
         batch_size: int = 16,
+        precision: str | None = "fp32",
     ) -> None:
         if model not in MODEL_TAGS:
             raise ValueError(f"unknown musicnn model {model!r}; choose one of {list(MODEL_TAGS)}")
@@ -341,6 +345,7 @@ class MusicnnTeacher(Teacher):
         self.dim = LAYER_DIMS[layer]
         self.tag_names = list(MODEL_TAGS[model])
         self.device = torch.device(device)
+        self.choose_precision(precision, self.device)
         self.batch_size = batch_size
         self.index_file, self.data_file = resolve_checkpoint(weights, model)
         prefix = str(self.data_file).removesuffix(DATA_SUFFIX)
@@ -376,9 +381,10 @@ class MusicnnTeacher(Teacher):
         if sum(counts) == 0:
             return [np.zeros((0, LAYER_DIMS[layer]), np.float32) for _ in waveforms]
         batch = torch.cat(patches)
-        outputs = torch.cat(
-            [self.net(chunk)[layer].float().cpu() for chunk in batch.split(self.batch_size)]
-        )
+        with self.autocast():
+            outputs = torch.cat(
+                [self.net(chunk)[layer].float().cpu() for chunk in batch.split(self.batch_size)]
+            )
         return [part.numpy().copy() for part in outputs.split(counts)]
 
     def _patches(self, waveform: np.ndarray) -> torch.Tensor:

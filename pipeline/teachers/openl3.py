@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pipeline.fileio import file_sha256
-from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.base import Teacher, keep_float32, option_bool, register_teacher
 from pipeline.teachers.weights import (
     InvalidWeightsError,
     read_checkpoint,
@@ -161,17 +161,6 @@ def _to_float(name: str, value: float | str) -> float:
         raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
-def _to_bool(name: str, value: bool | str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 def _choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     if value not in choices:
         raise ValueError(
@@ -196,6 +185,8 @@ class OpenL3Teacher(Teacher):
     hop_s : float > 0 -- seconds between windows (default 0.96); truncated to whole samples
     center : bool -- frame ``k`` centred on ``k * hop_s`` (default, as ``torchopenl3``), else it
         starts there
+    precision : ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"`` -- autocast of the
+        network; its spectrogram layer stays float32 (see :meth:`Teacher.choose_precision`)
 
     Numeric and boolean options also accept their text form (``"512"``, ``"0.5"``, ``"false"``).
     """
@@ -207,6 +198,7 @@ class OpenL3Teacher(Teacher):
     min_duration_s = 0.0
     # Shorter clips do not fill one window; the framing zero-pads them, as torchopenl3 does.
     pad_below_s = WINDOW_SAMPLES / SAMPLE_RATE_HZ
+    bf16_agrees = True
 
     def __init__(
         self,
@@ -218,6 +210,7 @@ class OpenL3Teacher(Teacher):
         embedding_size: int | str = 512,
         hop_s: float | str = 0.96,
         center: bool | str = True,
+        precision: str | None = "fp32",
     ):
         self.input_repr = _choice("input_repr", input_repr, INPUT_REPRS)
         self.content_type = _choice("content_type", content_type, CONTENT_TYPES)
@@ -231,9 +224,10 @@ class OpenL3Teacher(Teacher):
         if self.hop_samples < 1:
             raise ValueError(f"hop_s must be at least one sample (1/{SAMPLE_RATE_HZ} s): {hop_s}")
         self.hop_s = self.hop_samples / SAMPLE_RATE_HZ
-        self.center = _to_bool("center", center)
+        self.center = option_bool("center", center)
         self.dim = self.embedding_size
         self.device = torch.device(device)
+        self.choose_precision(precision, self.device)
 
         variant = (self.input_repr, self.content_type, self.embedding_size)
         url = weights_url(*variant)
@@ -250,6 +244,7 @@ class OpenL3Teacher(Teacher):
         # Hashed now, so the fingerprint names the weights loaded even if the file is replaced.
         self.weights_sha256 = file_sha256(self.weights)
         self.model = load_openl3(self.weights, *variant).to(self.device)
+        keep_float32(self.model.speclayer, self.device)
 
     def options(self) -> dict[str, Any]:
         return {
@@ -287,7 +282,9 @@ class OpenL3Teacher(Teacher):
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         """(B, 48000) windows → (B, dim) float32 embeddings."""
         batch = torch.from_numpy(windows).to(self.device)[:, None, :]
-        return self.model(batch).float().cpu().numpy()
+        with self.autocast():
+            embeddings = self.model(batch)
+        return embeddings.float().cpu().numpy()
 
 
 def _chunks(windows: Sequence[np.ndarray], size: int) -> Iterator[np.ndarray]:

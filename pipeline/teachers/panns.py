@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from pipeline.fileio import file_sha256
-from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.base import Teacher, keep_float32, register_teacher
 from pipeline.teachers.weights import (
     InvalidWeightsError,
     describe,
@@ -120,6 +120,8 @@ class PannsTeacher(Teacher):
     device : torch device to run on, e.g. ``"cpu"``, ``"cuda"``
     layer : ``"clip"`` (one frame per clip) or ``"frames"`` (T = ``num_frames(n)`` frames)
     batch_size : int > 0 -- clips of equal length run together, at most this many at a time
+    precision : ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"`` -- autocast of the
+        network; the STFT and log-mel layers stay float32 (see :meth:`Teacher.choose_precision`)
     """
 
     # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
@@ -128,6 +130,7 @@ class PannsTeacher(Teacher):
     sample_rate_hz = SAMPLE_RATE_HZ
     dim = DIM
     min_duration_s = MIN_SAMPLES / SAMPLE_RATE_HZ
+    bf16_agrees = True
 
     def __init__(
         self,
@@ -135,6 +138,7 @@ class PannsTeacher(Teacher):
         device: str = "cpu",
         layer: str = "clip",
         batch_size: int = 16,
+        precision: str | None = "fp32",
     ):
         if layer not in LAYERS:
             raise ValueError(f"unknown PANNs layer {layer!r}; choose one of {', '.join(LAYERS)}")
@@ -144,6 +148,7 @@ class PannsTeacher(Teacher):
         self.hop_s = TIME_POOLING * HOP_SAMPLES / SAMPLE_RATE_HZ if layer == "frames" else None
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.choose_precision(precision, self.device)
         self.weights = resolve_weights(
             teacher="PANNs Cnn14",
             filename=WEIGHTS_FILE,
@@ -155,6 +160,8 @@ class PannsTeacher(Teacher):
         # Hashed now, so the fingerprint names the weights loaded even if the file is replaced.
         self.weights_sha256 = file_sha256(self.weights)
         self.model = load_cnn14(self.weights).to(self.device)
+        keep_float32(self.model.spectrogram_extractor, self.device)
+        keep_float32(self.model.logmel_extractor, self.device)
 
     def options(self) -> dict[str, Any]:
         return {
@@ -187,7 +194,9 @@ class PannsTeacher(Teacher):
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
                     batch = torch.from_numpy(np.stack([clips[i] for i in chunk])).to(self.device)
-                    frames = self._forward(batch).cpu().numpy()
+                    with self.autocast():
+                        frames = self._forward(batch)
+                    frames = frames.float().cpu().numpy()
                     results.update(zip(chunk, frames, strict=True))
         return [results[i] for i in range(len(clips))]
 

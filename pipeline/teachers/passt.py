@@ -283,6 +283,8 @@ class PasstTeacher(Teacher):
     mode : ``"embed_only"`` (768-d) or ``"all"`` (527 logits then the 768-d embedding)
     window_ms : float -- window length in milliseconds, 150 ms to about 10 s (default 960)
     hop_ms : float -- milliseconds between window starts, i.e. between frames (default 960)
+    precision : ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"`` -- autocast of the
+        transformer; the mel front end stays float32 (see :meth:`Teacher.choose_precision`)
 
     Frame i covers the samples [i·hop − window/2, i·hop + window/2) of the clip, mirrored at its
     ends, so it is centred at i · hop_s seconds: n samples give n // hop + 1 frames at the default
@@ -295,6 +297,7 @@ class PasstTeacher(Teacher):
 
     sample_rate_hz = SAMPLE_RATE_HZ
     min_duration_s = 0.0
+    bf16_agrees = True
 
     def __init__(
         self,
@@ -304,6 +307,7 @@ class PasstTeacher(Teacher):
         mode: str = "embed_only",
         window_ms: float | str = 960,
         hop_ms: float | str = 960,
+        precision: str | None = "fp32",
     ):
         if mode not in MODE_DIMS:
             raise ValueError(f"unknown PaSST mode {mode!r}; choose one of {', '.join(MODE_DIMS)}")
@@ -328,6 +332,7 @@ class PasstTeacher(Teacher):
         self.pad = self.window // 2
         self.pad_below_s = (self.pad + 1) / SAMPLE_RATE_HZ
         self.device = torch.device(device)
+        self.choose_precision(precision, self.device)
         self.weights = weights_path(weights)
         # Hashed now, so the fingerprint names the weights loaded even if the file is replaced.
         self.weights_sha256 = file_sha256(self.weights)
@@ -378,10 +383,12 @@ class PasstTeacher(Teacher):
         return padded.unfold(0, self.window, self.hop)
 
     def _forward(self, windows: torch.Tensor) -> torch.Tensor:
-        """(B, window) → (B, dim)."""
+        """(B, window) → (B, dim) float32."""
         specs = log_mel(windows, self.mel_basis, self.stft_window)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), self.autocast():
             # A window shorter than the 10 s the network was built for is expected.
             warnings.filterwarnings("ignore", message="Input image size")
             logits, features = self.model(specs.unsqueeze(1))
-        return features if self.mode == "embed_only" else torch.cat([logits, features], dim=1)
+        if self.mode == "embed_only":
+            return features.float()
+        return torch.cat([logits.float(), features.float()], dim=1)

@@ -39,7 +39,7 @@ from torchvggish import mel_features, vggish_params
 from torchvggish import torchvggish as vggish_model
 
 from pipeline.fileio import file_sha256
-from pipeline.teachers.base import Teacher, register_teacher
+from pipeline.teachers.base import Teacher, option_bool, register_teacher
 from pipeline.teachers.weights import (
     InvalidWeightsError,
     MissingWeightsError,
@@ -71,10 +71,6 @@ WEIGHTS_ENV = "VGGISH_WEIGHTS"
 PCA_ENV = "VGGISH_PCA"
 PCA_EIGEN_VECTORS = vggish_params.PCA_EIGEN_VECTORS_NAME  # "pca_eigen_vectors"
 PCA_MEANS = vggish_params.PCA_MEANS_NAME  # "pca_means"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
 
 # --- front end --------------------------------------------------------------------------------
 
@@ -246,16 +242,6 @@ def resolve_pca(explicit: str | os.PathLike | None, network: Path) -> Path:
     )
 
 
-def _as_bool(value: bool | str | int, name: str) -> bool:
-    if isinstance(value, str):
-        if value.strip().lower() in _TRUE:
-            return True
-        if value.strip().lower() in _FALSE:
-            return False
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
 # --- teacher ----------------------------------------------------------------------------------
 
 
@@ -274,6 +260,9 @@ class VggishTeacher(Teacher):
         (x − 128) / 256), or the raw 128-d network output when false
     pca : path to ``vggish_pca_params-970ea276.pth``; default ``$VGGISH_PCA``, then the folder of
         the network file. Ignored when ``postprocess`` is false.
+    precision : ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"`` -- autocast of the
+        network; the log-mel front end and the PCA and quantisation stay float32 (see
+        :meth:`Teacher.choose_precision`)
     """
 
     # Raise when a change alters the embeddings (tests/test_golden.py fails until it is).
@@ -284,6 +273,7 @@ class VggishTeacher(Teacher):
     dim = DIM
     min_duration_s = 0.0
     pad_below_s = PATCH_SAMPLES / SAMPLE_RATE_HZ  # 0.975 s: one whole patch
+    bf16_agrees = True
 
     def __init__(
         self,
@@ -292,13 +282,15 @@ class VggishTeacher(Teacher):
         batch_size: int | str = 16,
         postprocess: bool | str = True,
         pca: str | os.PathLike | None = None,
+        precision: str | None = "fp32",
     ) -> None:
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        self.postprocess = _as_bool(postprocess, "postprocess")
+        self.postprocess = option_bool("postprocess", postprocess)
         self.device = torch.device(device)
+        self.choose_precision(precision, self.device)
         self.weights = resolve_weights(
             teacher="VGGish",
             filename=WEIGHTS_FILE,
@@ -371,8 +363,9 @@ class VggishTeacher(Teacher):
         return clip
 
     def _forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 96, 64) log-mel → (B, 128) embeddings."""
-        raw = self.model(patches)
+        """(B, 1, 96, 64) log-mel → (B, 128) float32 embeddings."""
+        with self.autocast():
+            raw = self.model(patches).float()
         if not self.postprocess:
             return raw
         return postprocess(raw, self._pca_matrix, self._pca_means)
