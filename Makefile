@@ -66,7 +66,7 @@ CACHE     := $(DATA)/cache/$(DATASET)
 MANIFEST  := $(DATA)/manifests/$(DATASET).parquet
 # Store names: a teacher's name with ':' as '-' (hear:<module> → hear-<module>).
 TEACHERS  := $(subst :,-,$(filter-out none,$(subst +, ,$(TEACHER))))
-EMBEDDING := $(CACHE)/$(subst :,-,$(or $(STORE),$(TEACHER))).zarr/COMPLETE
+EMBEDDING := $(CACHE)/$(subst :,-,$(or $(STORE),$(TEACHER))).zarr/COMPLETE/zarr.json
 KD_ON     := $(filter 1 yes true True,$(KD))
 TRAINED   := $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).done
 EVALUATED := $(STAMPS)/eval-$(DATASET).done
@@ -141,7 +141,7 @@ $(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(subst :,-,$(or $(STORE),$(TEACHER))
 		$(foreach o,$(TEACHER_OPTS),-o $(o)) $(PRECISION_OPTS) $(ENGINE_OPTS) $(SOME_FAILED)
 
 # Teacher stores a training run needs, by store name (= teacher name).
-$(CACHE)/%.zarr/COMPLETE: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
+$(CACHE)/%.zarr/COMPLETE/zarr.json: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(patsubst hear-%,hear:%,$*) --replace-stale \
 		$(if $(DEVICE),--device $(DEVICE)) $(PRECISION_OPTS) $(ENGINE_OPTS) $(SOME_FAILED)
 
@@ -151,7 +151,7 @@ mels: $(MANIFEST)
 
 train: $(TRAINED)
 $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).params \
-		$(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
+		$(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
 	$(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
 		--nproc-per-node $(NPROC) -m pipeline --data-dir $(DATA),$(CLI)) train $(DATASET) \
 		teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
@@ -163,7 +163,7 @@ $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEA
 
 # Trains only the runs that are missing (finished ones are found by their configuration), then
 # evaluates and writes the report with the comparison.
-compare: $(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
+compare: $(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
 	$(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
 		--nproc-per-node $(NPROC) -m pipeline --data-dir $(DATA),$(CLI)) compare $(DATASET) \
 		$(TEACHER) --seeds $(SEEDS) --label-fractions $(LABEL_FRACTIONS) \
@@ -174,7 +174,7 @@ compare: $(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
 
 # The paper's table (DATASET=openmic|magnatagatune): the four teachers' stores, then every run.
 PAPER_TEACHERS := vggish openl3 passt panns
-paper: $(MANIFEST) $(foreach t,$(PAPER_TEACHERS),$(CACHE)/$(t).zarr/COMPLETE)
+paper: $(MANIFEST) $(foreach t,$(PAPER_TEACHERS),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
 	$(CLI) paper $(DATASET) --seeds $(SEEDS) $(foreach s,$(SETTINGS),$(call quote,$(s))) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
 

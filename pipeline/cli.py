@@ -41,11 +41,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_data(args: argparse.Namespace) -> int:
     """``data``: build a dataset's manifest; exit status 1 when source rows were left out."""
     from pipeline.data.datasets import build_manifest, list_datasets
+    from pipeline.data.manifest import ManifestError
 
     source = args.dataset if args.dataset in list_datasets() else "csv"
     if source == "csv" and args.csv is None:
-        raise SystemExit(
-            f"unknown dataset {args.dataset!r}: choose one of {list_datasets()} "
+        raise ManifestError(
+            f"unknown dataset {args.dataset!r}: choose one of {', '.join(list_datasets())} "
             "or give --csv FILE for your own dataset"
         )
     manifest = build_manifest(
@@ -182,7 +183,10 @@ def _cmd_paper(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     """``eval``: :func:`pipeline.evaluate.evaluation.evaluate_all`."""
     from pipeline.evaluate.evaluation import evaluate_all
+    from pipeline.paths import read_manifest
 
+    if args.dataset is not None:
+        read_manifest(args.data_dir, args.dataset)  # an unknown dataset is an error, not "none"
     lines = evaluate_all(args.data_dir, args.dataset, device=args.device, probes=not args.no_probes)
     print("\n".join(lines) if lines else "no trained run to evaluate")
     return 0
@@ -216,16 +220,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     result = predictor.predict_files(args.files, batch_size=args.batch_size)
+    if args.frames:
+        result = result.by_window()
     if len(result.table):
         print(result.format_table(k=args.top))
     for file, cause in result.failures.items():
         print(f"error: {file}: {cause}", file=sys.stderr)
     if args.csv is not None:
         out = result.to_csv(args.csv)
-        print(f"{out}: probabilities of {len(result.table)} files")
+        rows = "windows" if args.frames else "files"
+        print(f"{out}: probabilities of {len(result.table)} {rows}")
     if not len(result.table):
         return 2
     return 1 if result.failures else 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    """``inspect``: :func:`pipeline.stores.inspect.inspect_store`; exit status 1 when unhealthy."""
+    from pipeline.stores.inspect import inspect_store
+
+    report = inspect_store(args.store)
+    print(report.format())
+    return report.exit_status
 
 
 def _cmd_onnx(args: argparse.Namespace) -> int:
@@ -258,6 +274,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": _cmd_report,
     "predict": _cmd_predict,
     "onnx": _cmd_onnx,
+    "inspect": _cmd_inspect,
 }
 
 
@@ -290,27 +307,34 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from pipeline.data.audio import AudioError
-    from pipeline.data.manifest import ManifestError
     from pipeline.extract.local import ExtractionError
     from pipeline.stores import StoreError
-    from pipeline.teachers import InvalidWeightsError
-    from pipeline.train.config import ConfigError
 
     try:
         return COMMANDS[args.command](args)
-    # MissingWeightsError is a FileNotFoundError, as is a manifest not built yet; an OSError
-    # is also a full disk or a folder that cannot be written.
+    # A ValueError is an unknown name or a bad setting (dataset, teacher, student, front end,
+    # preset, option value); ManifestError, ConfigError and InvalidWeightsError are ValueErrors.
+    # MissingWeightsError is a FileNotFoundError, as is a manifest not built yet; an OSError is
+    # also a full disk or a folder that cannot be written. A ModuleNotFoundError is a HEAR
+    # module or an optional package that is not installed.
     except (
-        ManifestError,
-        StoreError,
+        ValueError,
         OSError,
-        InvalidWeightsError,
+        ModuleNotFoundError,
+        StoreError,
         ExtractionError,
         AudioError,
-        ConfigError,
     ) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.verbose:
+            logging.getLogger(__name__).info("traceback of the error", exc_info=True)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (its lines joined by '; '), or its type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -319,12 +319,23 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         help="tag audio files with a trained student",
         description="Tag audio files with the best checkpoint of a run: the student sees "
         "windows as long as its training items (half-overlapping, the last one aligned to the "
-        "end) and each file gets the mean of their sigmoid probabilities. Exit status 1 when "
-        "some files could not be read, 2 when none could.",
+        "end) and each file gets the mean of their sigmoid probabilities (--frames: one row "
+        "per window, with its start and end in seconds). Exit status 1 when some files could "
+        "not be read, 2 when none could.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files to tag")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="audio files, folders (searched recursively) or glob patterns such as 'dir/*.wav'",
+    )
     _add_run_option(p)
-    p.add_argument("--csv", type=Path, help="also write every class probability to this CSV")
+    p.add_argument(
+        "--csv", "-o", "--out", type=Path, help="also write every class probability to this CSV"
+    )
+    p.add_argument(
+        "--frames", action="store_true", help="one row per window (file, start_s, end_s, tags)"
+    )
     p.add_argument("--top", type=_positive_int, default=5, help="tags shown per file")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per model call")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -342,4 +353,15 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-check", dest="check", action="store_false", help="skip the ONNX Runtime check"
     )
+
+    p = sub.add_parser(
+        "inspect",
+        help="health report of a clip store (teacher embeddings or mels)",
+        description="Read a clip store (a .zarr folder or a .h5 export) in chunks and report "
+        "its clips, failures, padded clips, frame counts, non-finite values, per-dimension "
+        "mean and std, collapsed (constant) dimensions and fingerprint. Exit status 0 when "
+        "healthy, 1 when clips failed, values are not finite, dimensions collapsed or the "
+        "store is incomplete, 2 when there is no store.",
+    )
+    p.add_argument("store", type=Path, help="the store, e.g. data/cache/openmic/musicnn.zarr")
     return parser

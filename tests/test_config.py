@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.train.config import RECIPE, ConfigError, of_current_recipe, train_config
+from pipeline.students import student_options
+from pipeline.train.config import (
+    RECIPE,
+    ConfigError,
+    TrainConfig,
+    of_current_recipe,
+    train_config,
+)
 from pipeline.train.presets import (
     paper_lambda,
     paper_probe_lr,
@@ -201,3 +208,26 @@ def test_runs_of_another_recipe_are_recognised() -> None:
     assert of_current_recipe({"recipe": RECIPE})
     assert not of_current_recipe({})  # made before the recipe was recorded: recipe 1
     assert not of_current_recipe({"recipe": RECIPE - 1})
+
+
+def test_another_student_on_a_preset_drops_the_presets_student_options() -> None:
+    # The demo preset's options are cp_resnet's; `make train STUDENT=mobile_fcn` must not crash.
+    cfg = train_config("demo", student="mobile_fcn", teacher="musicnn")
+    assert (cfg.student, cfg.student_options) == ("mobile_fcn", {})
+    assert train_config("demo", student="cp_resnet").student_options == {"base_channels": 32}
+    given = train_config("demo", student="mobilenet_v3", student_options={"width": 0.25})
+    assert given.student_options == {"width": 0.25}  # options the user gives are kept
+
+
+def test_an_option_the_student_does_not_take_is_a_config_error() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"student mobile_fcn has no option 'base_channels' "
+        r"\(its options: none\)",
+    ):
+        train_config("demo", student="mobile_fcn", student_options={"base_channels": 8})
+    with pytest.raises(ConfigError, match=r"no option 'width' \(its options: rho, base_channels\)"):
+        TrainConfig(dataset="mine", student_options={"width": 1.0})
+    assert student_options("mobilenet_v3") == {"width": 0.5, "dropout": 0.2}
+    assert student_options("cp_resnet") == {"rho": 7, "base_channels": 128}
+    assert student_options("mobile_fcn") == {}

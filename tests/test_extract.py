@@ -6,7 +6,7 @@ import soundfile as sf
 
 from pipeline.data.manifest import make_manifest
 from pipeline.extract.local import ExtractionError, extract
-from pipeline.stores import read_store
+from pipeline.stores import markers, read_store
 from pipeline.teachers import Teacher
 
 
@@ -119,7 +119,7 @@ def test_too_many_failures_abort_without_completing(tmp_path):
     manifest = _manifest(tmp_path, [(1.0, "garbage")] * 3 + [(1.0, "ok")])
     with pytest.raises(ExtractionError, match="3 of 4 clips failed"):
         extract(manifest, FrameStats(), tmp_path / "s.zarr", jobs=1, progress=False)
-    assert not (tmp_path / "s.zarr" / "COMPLETE").exists()
+    assert not markers.is_complete(tmp_path / "s.zarr")
 
 
 class PaddedFrameStats(FrameStats):

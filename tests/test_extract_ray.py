@@ -16,7 +16,7 @@ from command_line import pipeline_command, run_cli
 
 from pipeline.data.manifest import Manifest, make_manifest
 from pipeline.extract.local import extract
-from pipeline.stores import read_store
+from pipeline.stores import markers, read_store
 from pipeline.teachers import create_teacher
 
 ray = pytest.importorskip("ray")
@@ -143,8 +143,8 @@ def test_ray_store_is_identical_to_the_local_engines(cluster, manifest, local_st
 def test_a_rerun_writes_only_the_shards_not_done(cluster, manifest, local_store, tmp_path):
     out = tmp_path / "musicnn.zarr"
     shutil.copytree(local_store[0], out)
-    (out / "COMPLETE").unlink()
-    (out / "progress" / "shard-000001.json").unlink()
+    shutil.rmtree(out / "COMPLETE")
+    shutil.rmtree(markers.shard_marker(out, 1).parent)
     shutil.rmtree(out / "data" / "c" / "1")  # as if the writer died before its shard landed
     summary = extract_ray(
         manifest,
@@ -161,8 +161,7 @@ def test_a_rerun_writes_only_the_shards_not_done(cluster, manifest, local_store,
 
 # -- R1 on Ray: the driver's whole job killed at random moments, then the same command again --
 def _markers(store):
-    folder = store / "progress"
-    return len(list(folder.glob("shard-*.json"))) if folder.is_dir() else 0
+    return len(markers.done_shards(store))
 
 
 def _ray_command(data_dir, address):
@@ -197,7 +196,7 @@ def kill_and_resume(data_dir, address, kills, seed):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert not (store / "COMPLETE").exists(), f"run finished before kill {len(moments) + 1}"
+        assert not markers.is_complete(store), f"run finished before kill {len(moments) + 1}"
         moments.append((_markers(store), round(delay, 3)))
     print(f"seed {seed}: killed at (shards done, delay s) {moments}")
     return moments

@@ -371,6 +371,52 @@ def test_csv_bad_label_values(tmp_path: Path) -> None:
     assert "b/" not in message
 
 
+@pytest.mark.parametrize("na_rep", ["", "NaN"])
+def test_csv_labels_written_by_pandas(tmp_path: Path, na_rep: str) -> None:
+    write_csv(tmp_path, [])
+    table = pd.DataFrame(
+        {
+            "clip_id": ["a", "b", "c"],
+            "path": [f"audio/{n}.wav" for n in "abc"],
+            "split": ["train", "valid", "test"],
+            "piano": [1, None, 0],  # an int column with a gap: pandas makes it 1.0, NaN, 0.0
+            "voice": [True, False, True],
+        }
+    )
+    assert table["piano"].dtype == float
+    csv = tmp_path / "from_pandas.csv"
+    table.to_csv(csv, index=False, na_rep=na_rep)
+    assert "1.0" in csv.read_text() and "True" in csv.read_text()
+
+    manifest = csv_table(csv=csv)
+
+    np.testing.assert_array_equal(manifest.labels(), [[1, 1], [0, 0], [0, 1]])
+    np.testing.assert_array_equal(manifest.mask(), [[True, True], [False, True], [True, True]])
+
+
+def test_csv_label_spellings_in_any_case(tmp_path: Path) -> None:
+    csv = write_csv(
+        tmp_path,
+        [
+            "a,audio/a.wav,train,TRUE,false",
+            "b,audio/b.wav,train, nan ,1.0",
+            "c,audio/c.wav,test,0.0,NAN",
+        ],
+    )
+    manifest = csv_table(csv=csv)
+    np.testing.assert_array_equal(manifest.labels(), [[1, 0], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(manifest.mask(), [[True, True], [False, True], [True, False]])
+
+
+def test_csv_other_label_values_are_refused_with_a_count(tmp_path: Path) -> None:
+    rows = [f"x{i},audio/a.wav,train,0.5,1" for i in range(11)] + ["y,audio/b.wav,train,1,2.0"]
+    with pytest.raises(ManifestError, match="1, 0 or blank") as err:
+        csv_table(csv=write_csv(tmp_path, rows))
+    message = str(err.value)
+    assert "x0/piano='0.5'" in message and "… and 2 more" in message
+    assert "voice='1'" not in message
+
+
 def test_csv_duplicate_ids(tmp_path: Path) -> None:
     csv = write_csv(
         tmp_path,

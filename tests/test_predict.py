@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -300,3 +301,83 @@ def test_mismatched_checkpoint_is_a_run_error(tmp_path):
     with pytest.raises(RunError, match="do not fit"):
         load_run(run, device="cpu")
     assert main(["predict", "--run", str(run), "x.wav"]) == 2
+
+
+def test_frame_rows_cover_each_file_and_average_to_its_row(predictor, files):
+    names = ("long.wav", "short.wav", "cd.wav", "one.wav")
+    result = predictor.predict_files([files[n] for n in names])
+    frames = result.frames
+    assert list(frames.columns) == ["file", "start_s", "end_s", *CLASSES]
+    hop_s = 320 / SR
+    # long.wav: 166 frames → windows at frames 0, 50 and 65 (end-aligned), cut at 3.3 s.
+    starts = {"long.wav": [0, 50, 65], "short.wav": [0], "cd.wav": [0, 49], "one.wav": [0]}
+    for name in names:
+        mine = frames[frames["file"] == files[name]]
+        row, probs = _row(result, files[name])
+        assert len(mine) == row["windows"]
+        np.testing.assert_allclose(mine["start_s"], np.array(starts[name]) * hop_s)
+        assert mine["end_s"].iloc[-1] == pytest.approx(row["duration_s"])
+        assert (mine["end_s"] <= row["duration_s"] + 1e-12).all()
+        assert (mine["start_s"].iloc[1:].to_numpy() <= mine["end_s"].iloc[:-1].to_numpy()).all()
+        lengths = (mine["end_s"] - mine["start_s"]).to_numpy()
+        assert (lengths <= predictor.window_s + hop_s).all()
+        # The per-file row is the mean of the file's window rows.
+        np.testing.assert_allclose(mine[CLASSES].mean(axis=0), probs, atol=1e-6)
+    windowed = result.by_window()
+    assert (
+        windowed.table is frames and windowed.top_tags(1)[0][0] == f"{files['long.wav']} 0.00-2.00s"
+    )
+
+
+def test_frame_rows_do_not_depend_on_batch_size(predictor, files):
+    paths = [files[n] for n in ("long.wav", "short.wav", "cd.wav")]
+    one = predictor.predict_files(paths, batch_size=1).frames
+    many = predictor.predict_files(paths, batch_size=64).frames
+    pd.testing.assert_frame_equal(
+        one[["file", "start_s", "end_s"]], many[["file", "start_s", "end_s"]]
+    )
+    np.testing.assert_allclose(one[CLASSES], many[CLASSES], atol=1e-6)
+
+
+def test_folder_and_glob_inputs_find_the_same_files(predictor, files, tmp_path):
+    nested = tmp_path / "set" / "b"
+    nested.mkdir(parents=True)
+    shutil.copy(files["one.wav"], tmp_path / "set" / "a.wav")
+    (nested / "c.flac").write_bytes(b"")  # broken: reported, the others go on
+    sf.write(nested / "d.wav", _signal(20_000, SR, 3), SR)
+    (nested / "notes.txt").write_text("not audio")
+    want = [str(tmp_path / "set" / "a.wav"), str(nested / "c.flac"), str(nested / "d.wav")]
+
+    by_folder = predictor.predict_files([str(tmp_path / "set")])
+    by_glob = predictor.predict_files([str(tmp_path / "set" / "**" / "*.[wf]*")])
+    for result in (by_folder, by_glob):
+        assert list(result.table["file"]) == [want[0], want[2]]
+        assert list(result.failures) == [want[1]]
+        assert result.failures[want[1]].startswith("cannot decode")
+
+    nothing = predictor.predict_files([str(tmp_path / "*.mp3"), str(tmp_path / "set" / "b" / "x")])
+    assert nothing.failures[str(tmp_path / "*.mp3")] == "no file matches this pattern"
+    assert nothing.failures[str(tmp_path / "set" / "b" / "x")].startswith("file not found")
+
+
+def test_cli_frames_folder_and_out(run_dir, files, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("long.wav", "garbage.wav"):
+        shutil.copy(files[name], folder / name)
+    out = tmp_path / "frames.csv"
+    args = ["predict", "--run", str(run_dir), str(folder), "--frames", "--out", str(out)]
+    assert main([*args, "--batch-size", "2", "--top", "1"]) == 1
+    captured = capsys.readouterr()
+    assert f"{folder / 'long.wav'} 1.00-3.00s " in captured.out
+    assert captured.out.splitlines()[-1] == f"{out}: probabilities of 3 windows"
+    [err] = captured.err.splitlines()
+    assert err.startswith(f"error: {folder / 'garbage.wav'}: cannot decode")
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["file", "start_s", "end_s", *CLASSES]
+    assert list(table["file"]) == [str(folder / "long.wav")] * 3
+    np.testing.assert_allclose(table["start_s"], [0.0, 1.0, 1.3])
+    np.testing.assert_allclose(table["end_s"], [2.0, 3.0, 3.3], atol=1e-4)
+
+    (folder / "long.wav").unlink()
+    assert main(["predict", "--run", str(run_dir), str(folder), "--frames"]) == 2

@@ -10,7 +10,7 @@ import pytest
 from command_line import pipeline_command, run_cli
 
 from pipeline.data.manifest import Manifest
-from pipeline.stores import read_store
+from pipeline.stores import markers, read_store
 
 CLIPS = 12
 
@@ -75,14 +75,14 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_values(data_dir, reference):
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if any((path / "progress").glob("shard-*.json")):
+        if markers.done_shards(path):
             break
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(list((path / "progress").glob("shard-*.json")))
+    done_before = len(markers.done_shards(path))
     assert 1 <= done_before < 6, "the kill should land mid-run"
-    assert not (path / "COMPLETE").exists()
+    assert not markers.is_complete(path)
 
     out = run_cli(data_dir, *_extract_args("killed"))
     assert f"{done_before} already done" in out.stdout

@@ -2,14 +2,18 @@ import json
 import multiprocessing
 import os
 import pickle
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
-from pipeline.stores import StoreError, open_store, read_store
+from pipeline.stores import COMPLETE_MARKER, StoreError, open_store, read_store
 from pipeline.stores.fingerprint import fingerprint_diff
 
 FP = {"teacher": "toy", "dim": 3, "weights_sha256": "abc"}
+LEGACY = Path(__file__).parent / "data" / "legacy"
 
 
 def _ids(n):
@@ -119,9 +123,72 @@ def test_fingerprint_diff_lists_changed_keys_only():
 
 def test_done_marker_records_rows_and_failures(tmp_path):
     store = _make(tmp_path / "s.zarr", n=4, shard_size=4)
-    store.write_shard(0, [np.ones((1, 3))] * 4, {})
-    marker = json.loads((tmp_path / "s.zarr" / "progress" / "shard-000000.json").read_text())
-    assert marker == {"rows": [0, 4], "failures": {}}
+    store.write_shard(0, [np.ones((1, 3))] * 4, {"clip/001": "too short"})
+    group = zarr.open_group(tmp_path / "s.zarr" / "progress" / "shard-000000", mode="r")
+    assert group.attrs.asdict() == {"rows": [0, 4], "failures": {"clip/001": "too short"}}
+    store.mark_complete({"seconds": 1.5})
+    assert read_store(tmp_path / "s.zarr").summary == {"seconds": 1.5}
+    assert (tmp_path / "s.zarr" / COMPLETE_MARKER).is_file()  # what Make depends on
+
+
+def _read_everything_with_zarr(path):
+    """Open ``path`` as plain Zarr, walk the hierarchy, read every array: warnings fail."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group = zarr.open_group(path, mode="r")
+        members = dict(group.members(max_depth=None))
+        group.tree()
+        for array in members.values():
+            if isinstance(array, zarr.Array):
+                array[...]
+    return members
+
+
+def test_stores_are_clean_zarr_while_written_and_once_complete(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = _make(path, n=6, shard_size=4)
+    assert {"data", "n_frames", "clip_id", "progress"} <= set(_read_everything_with_zarr(path))
+    store.write_shard(1, [np.ones((2, 3))] * 2, {})
+    assert "progress/shard-000001" in _read_everything_with_zarr(path)
+    # A writer killed before renaming its marker into place leaves an empty folder: resuming
+    # removes it, and it never counted as a marker.
+    (path / "progress" / "shard-000000").mkdir()
+    (path / "COMPLETE").mkdir()
+    assert _make(path, n=6, shard_size=4).done_shards() == {1}
+    assert not (path / "COMPLETE").exists()
+    store.write_shard(0, [np.ones((2, 3))] * 4, {"clip/002": "silent"})
+    store.mark_complete({"seconds": 2.0})
+    members = _read_everything_with_zarr(path)
+    assert members["COMPLETE"].attrs["seconds"] == 2.0
+    assert read_store(path).failures() == {"clip/002": "silent"}
+
+
+def test_stores_of_the_legacy_layout_read_and_resume(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = _make(path, n=6, shard_size=4)
+    store.write_shard(0, [np.ones((2, 3))] * 4, {"clip/001": "silent"})
+    # The layout before the markers were Zarr groups: a JSON file per shard and COMPLETE.
+    marker = path / "progress" / "shard-000000"
+    legacy = json.loads((marker / "zarr.json").read_text())["attributes"]
+    (path / "progress" / "shard-000000.json").write_text(json.dumps(legacy))
+    (marker / "zarr.json").unlink()
+    marker.rmdir()
+    (path / "progress" / "zarr.json").unlink()
+    assert read_store(path, require_complete=False).done_shards() == {0}
+    resumed = _make(path, n=6, shard_size=4)
+    resumed.write_shard(1, [np.ones((2, 3))] * 2, {})
+    assert resumed.done_shards() == {0, 1}
+    assert resumed.failures() == {"clip/001": "silent"}
+    (path / "COMPLETE").write_text(json.dumps({"seconds": 3.0}))
+    assert read_store(path).summary == {"seconds": 3.0}
+    resumed.mark_complete({"seconds": 4.0})  # a finished rerun replaces the legacy marker
+    assert (path / COMPLETE_MARKER).is_file() and read_store(path).summary == {"seconds": 4.0}
+
+
+@pytest.mark.parametrize("name", ["musicnn.zarr", "mel-cp_resnet.zarr"])
+def test_the_legacy_stores_of_the_tests_stay_readable(name):
+    store = read_store(LEGACY / name)
+    assert store.is_complete and store.done_shards() == {0} and "seconds" in store.summary
 
 
 # ---------------------------------------------------------------------- direct (zarr-free) reads

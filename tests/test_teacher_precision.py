@@ -15,6 +15,7 @@ appears in any failure message.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import MappingProxyType
 
@@ -25,7 +26,7 @@ from golden import build_encoder, golden_audio
 from torch import nn
 
 from pipeline.cli import main
-from pipeline.stores import read_store
+from pipeline.stores import markers, read_store
 from pipeline.teachers import Teacher, create_teacher
 from pipeline.teachers.base import AGREEMENT_MIN_COSINE, frame_cosines
 from pipeline.teachers.musicnn import MusicnnTeacher
@@ -220,8 +221,8 @@ def test_extract_at_bf16_records_it_and_a_resume_at_fp32_keeps_both(tmp_path, ca
     assert store.fingerprint == create_teacher("musicnn").fingerprint()  # fp32's
     bf16_rows = {clip: store.read(clip) for clip in store.clip_ids}
     # Redo the last shard at fp32: the store is resumed, not stale.
-    (store.path / "progress" / "shard-000001.json").unlink()
-    (store.path / "COMPLETE").unlink()
+    shutil.rmtree(markers.shard_marker(store.path, 1).parent)
+    shutil.rmtree(store.path / "COMPLETE")
     assert main([*common, "--precision", "fp32", "--replace-stale"]) == 0
     assert "1 shards written, 1 already done" in capsys.readouterr().out
     store = read_store(store.path)

@@ -152,7 +152,7 @@ def ensure_store(
         store = read_store(path)
         expected = _as_stored(encoder.fingerprint())
         if store.fingerprint == expected and store.clip_ids == manifest.clip_ids:
-            return float(json.loads((path / COMPLETE_MARKER).read_text())["seconds"]), True
+            return float(store.summary["seconds"]), True
     except (StoreError, KeyError, ValueError):
         pass
     summary = extract(

@@ -13,7 +13,14 @@ shorter than that are repeated from their start, longer ones are cropped to thei
 * a file of at most ``mel_frames`` frames gives one window, padded the training way (wrap);
 * a longer file gives windows of ``mel_frames`` frames every ``mel_frames // 2`` frames, the last
   one aligned to the end of the file so that the tail is covered without zero padding;
-* the clip's tag probabilities are the mean over its windows of sigmoid(logits).
+* the clip's tag probabilities are the mean over its windows of sigmoid(logits);
+* each window is also reported on its own (:attr:`PredictionResult.frames`): it starts at
+  ``start frame × hop`` and lasts the samples its ``mel_frames`` frames are computed from
+  (:func:`~pipeline.extract.frontends.num_samples`), cut at the file's duration; the last one
+  ends at the file's end (up to one hop of trailing samples fills no whole frame), so the
+  windows of a file cover it from 0 to its duration.
+
+Inputs may be files, folders and glob patterns (:mod:`pipeline.inference.inputs`).
 
 Log-mels are rounded to the mel store's dtype (float16) before they reach the model, as the
 training items were read back from that store. Reading a run back is
@@ -32,8 +39,9 @@ import pandas as pd
 import torch
 
 from pipeline.data.audio import AudioError, load_audio
-from pipeline.extract.frontends import MelFrontEnd
-from pipeline.inference.results import INFO_COLUMNS, PredictionResult
+from pipeline.extract.frontends import MelFrontEnd, num_samples
+from pipeline.inference.inputs import expand_inputs
+from pipeline.inference.results import FRAME_COLUMNS, INFO_COLUMNS, PredictionResult
 from pipeline.inference.runs import RunError, load_student
 from pipeline.students import Student
 from pipeline.train.loader import fit_frames
@@ -92,7 +100,8 @@ class Predictor:
     Attributes
     ----------
     classes, sample_rate_hz (rate :meth:`predict_waveform` expects), mel_frames, hop_frames,
-    device, model, frontend, config
+    frame_s (seconds between mel frames), window_s (seconds of audio a window is computed
+    from), device, model, frontend, config
     """
 
     def __init__(
@@ -105,7 +114,7 @@ class Predictor:
         config: dict[str, Any] | None = None,
     ) -> None:
         self.classes = [str(c) for c in classes]
-        clash = sorted(set(self.classes) & set(INFO_COLUMNS))
+        clash = sorted(set(self.classes) & {*INFO_COLUMNS, *FRAME_COLUMNS})
         if clash:
             raise RunError(f"class names {clash} collide with the table's own columns")
         if model.n_classes != len(self.classes):
@@ -121,6 +130,12 @@ class Predictor:
         self.frontend = frontend
         self.mel_frames = int(mel_frames)
         self.hop_frames = max(self.mel_frames // 2, 1)
+        mel_config = frontend.config
+        self.frame_s = mel_config.hop_s
+        window = num_samples(
+            self.mel_frames, mel_config.hop_length, preemphasis=bool(mel_config.preemphasis)
+        )
+        self.window_s = window / mel_config.sample_rate_hz
         self.sample_rate_hz = frontend.sample_rate_hz
         self.config = dict(config or {})
         self.device = next(model.parameters()).device
@@ -173,6 +188,25 @@ class Predictor:
             items = [mel[s : s + self.mel_frames] for s in window_starts(len(mel), self.mel_frames)]
         return np.ascontiguousarray(np.stack(items).transpose(0, 2, 1), dtype=np.float32)
 
+    def window_times(self, n_frames: int, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end of each window of :meth:`windows` over a clip, in seconds.
+
+        Parameters
+        ----------
+        n_frames : mel frames of the clip
+        duration_s : the clip's duration in seconds; the windows' ends are cut at it
+
+        Returns
+        -------
+        tuple[np.ndarray, np.ndarray] -- (n_windows,) float64 starts and ends; the first start
+        is 0, the last end ``duration_s``
+        """
+        starts = np.asarray(window_starts(n_frames, self.mel_frames), dtype=np.float64)
+        starts *= self.frame_s
+        ends = np.minimum(starts + self.window_s, duration_s)
+        ends[-1] = duration_s
+        return starts, ends
+
     def window_probabilities(self, windows: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
         """Sigmoid probabilities of each window, ``batch_size`` windows a model call.
 
@@ -217,12 +251,15 @@ class Predictor:
     ) -> PredictionResult:
         """Decode, window and tag each file; windows of several files share model calls.
 
-        A file that cannot be decoded (missing, unreadable, too short, …) is reported in
-        ``failures`` with its cause; the others are still tagged.
+        A file that cannot be decoded (missing, unreadable, too short, …), a folder without
+        audio files or a pattern that matches nothing is reported in ``failures`` with its
+        cause; the others are still tagged. Results do not depend on ``batch_size``.
 
         Parameters
         ----------
-        paths : audio files, in the order of the table's rows
+        paths : audio files, folders (their audio files, recursively, sorted) or glob
+            patterns (:func:`pipeline.inference.inputs.expand_inputs`), in the order of the
+            table's rows
         batch_size : windows per model call (at least 1)
 
         Returns
@@ -234,7 +271,7 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         rows: list[dict[str, Any]] = []
-        failures: dict[str, str] = {}
+        files, failures = expand_inputs(paths)
         pending: list[tuple[dict[str, Any], np.ndarray]] = []
 
         def flush() -> None:
@@ -244,15 +281,15 @@ class Predictor:
             probs = self.window_probabilities(stacked, batch_size=batch_size)
             offset = 0
             for row, windows in pending:
-                row["probs"] = probs[offset : offset + len(windows)].mean(axis=0)
+                row["window_probs"] = probs[offset : offset + len(windows)]
+                row["probs"] = row["window_probs"].mean(axis=0)
                 offset += len(windows)
             pending.clear()
 
-        for path in paths:
-            name = os.fspath(path)
+        for name in files:
             try:
                 wave = load_audio(
-                    path,
+                    name,
                     sr_hz=self.sample_rate_hz,
                     min_duration_s=self.frontend.min_duration_s,
                     max_duration_s=None,
@@ -262,9 +299,11 @@ class Predictor:
                 failures[name] = err.cause
                 log.info("cannot tag %s: %s", name, err.cause)
                 continue
-            windows = self.windows(self.mel(wave))
+            mel = self.mel(wave)
+            windows = self.windows(mel)
             row = {"file": name, "duration_s": len(wave) / self.sample_rate_hz}
             row["windows"] = len(windows)
+            row["times"] = self.window_times(len(mel), row["duration_s"])
             rows.append(row)
             pending.append((row, windows))
             if sum(len(w) for _, w in pending) >= batch_size:
@@ -286,7 +325,30 @@ class Predictor:
         table = pd.concat(
             [table, pd.DataFrame(probs.astype(np.float64), columns=self.classes)], axis=1
         )
-        return PredictionResult(table=table, failures=failures, classes=list(self.classes))
+        return PredictionResult(
+            table=table,
+            failures=failures,
+            classes=list(self.classes),
+            frames=self._frame_table(rows),
+        )
+
+    def _frame_table(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """One row per window of the tagged files: file, start_s, end_s, one column per class."""
+        empty = np.zeros(0, dtype=np.float64)
+        starts = np.concatenate([r["times"][0] for r in rows]) if rows else empty
+        ends = np.concatenate([r["times"][1] for r in rows]) if rows else empty
+        probs = (
+            np.concatenate([r["window_probs"] for r in rows])
+            if rows
+            else np.zeros((0, len(self.classes)), dtype=np.float32)
+        )
+        files = [r["file"] for r in rows for _ in range(len(r["window_probs"]))]
+        table = pd.DataFrame(
+            {"file": pd.Series(files, dtype=object), "start_s": starts, "end_s": ends}
+        )
+        return pd.concat(
+            [table, pd.DataFrame(probs.astype(np.float64), columns=self.classes)], axis=1
+        )
 
 
 def load_run(run: str | os.PathLike, *, device: str | torch.device | None = None) -> Predictor:

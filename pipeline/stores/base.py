@@ -18,7 +18,9 @@ from typing import Any, Protocol
 import numpy as np
 
 STORE_FORMAT = 1
-COMPLETE_MARKER = "COMPLETE"
+# A Zarr store's completion marker, relative to the store: the metadata of a group whose
+# attributes hold the run's summary (:mod:`pipeline.stores.markers`). Make depends on it.
+COMPLETE_MARKER = "COMPLETE/zarr.json"
 H5_SUFFIXES = (".h5", ".hdf5")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.fileio import PARTIAL_SUFFIX
-from pipeline.stores.base import COMPLETE_MARKER, STORE_FORMAT, StoreError, is_h5_path
+from pipeline.stores.base import STORE_FORMAT, StoreError, is_h5_path
 from pipeline.stores.zarr_store import ClipStore, read_zarr_store
 
 DEFAULT_COMPRESSION: str | None = None
@@ -129,7 +129,7 @@ def export_h5(
     """
     zarr_path, out = Path(zarr_path), Path(out_path)
     src = _source(zarr_path)
-    summary = (zarr_path / COMPLETE_MARKER).read_text()
+    summary = json.dumps(src.summary, indent=2)
     dtype = src.read(src.clip_ids[0]).dtype if len(src) else np.dtype("float16")
     out.parent.mkdir(parents=True, exist_ok=True)
     # A fixed temporary name (not :func:`pipeline.fileio.atomic_path`'s per-process one), so that

@@ -19,9 +19,10 @@ from pipeline.stores.base import ClipStoreReader, StoreError
 from pipeline.stores.fingerprint import fingerprint_diff
 
 # Where a write into a Zarr store failed: a shard file of its ``data`` array (``data/c/<shard>/…``
-# in Zarr's on-disk layout) or a shard's done marker (``shard-<shard>.json``).
+# in Zarr's on-disk layout) or a shard's done marker (``shard-<shard>/zarr.json``, or
+# ``shard-<shard>.json`` in stores of the legacy layout).
 _CHUNK_PATH = re.compile(r"[/\\]data[/\\]c[/\\](\d+)[/\\]")
-_SHARD_MARKER = re.compile(r"shard-(\d+)\.json")
+_SHARD_MARKER = re.compile(r"shard-(\d+)(?:\.json|[/\\]zarr\.json)")
 
 
 def existing_store(path: Path) -> ClipStoreReader | None:

@@ -5,10 +5,11 @@ Layout of ``<name>.zarr/``::
     data       (N, T_max, D)  float16  chunk = 1 clip, shard = ``shard_size`` clips
     n_frames   (N,)           int32    valid frames per clip; 0 = failed or not yet written
     clip_id    (N,)           str      row order = manifest order
-    progress/shard-000003.json         done marker of shard 3, with that shard's failures
-    COMPLETE                           written once every shard is done (Make depends on it)
+    progress/shard-000003/             done marker of shard 3, with that shard's failures
+    COMPLETE/                          written once every shard is done (Make depends on it)
 
-Group attributes hold the ``fingerprint`` (what determines the values), layout and precisions.
+The markers are Zarr groups recording in their attributes (:mod:`pipeline.stores.markers`);
+the root group's hold the ``fingerprint`` (what determines the values), layout and precisions.
 A shard is written by exactly one writer in one assignment, then its marker is written; zarr's
 local store renames each object into place, so a killed writer leaves a shard either whole or
 absent and resuming only redoes shards without a marker. This is the only module that imports
@@ -21,7 +22,6 @@ several times faster than the zarr API); any other layout is read through zarr.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -33,8 +33,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipeline.fileio import write_text
-from pipeline.stores.base import COMPLETE_MARKER, STORE_FORMAT, StoreError
+from pipeline.stores import markers
+from pipeline.stores.base import STORE_FORMAT, StoreError
 from pipeline.stores.fingerprint import canonical, fingerprint_diff
 from pipeline.stores.rows import BatchReads, frame_counts, runs
 from pipeline.stores.shard_reader import ShardReader
@@ -112,24 +112,23 @@ class ClipStore(BatchReads):
         return [str(c) for c in self._group["clip_id"][:]]
 
     # -- progress --------------------------------------------------------------------------
-    def _marker(self, shard: int) -> Path:
-        return self.path / "progress" / f"shard-{shard:06d}.json"
-
     def done_shards(self) -> set[int]:
         """Indices of the shards whose done marker exists."""
-        return {int(p.stem.split("-")[1]) for p in (self.path / "progress").glob("shard-*.json")}
+        return markers.done_shards(self.path)
 
     def failures(self) -> dict[str, str]:
         """Clip ID → cause, for every clip a finished shard could not produce."""
-        out: dict[str, str] = {}
-        for marker in sorted((self.path / "progress").glob("shard-*.json")):
-            out.update(json.loads(marker.read_text())["failures"])
-        return out
+        return markers.failures(self.path)
 
     @property
     def is_complete(self) -> bool:
         """Whether the ``COMPLETE`` marker exists (every shard is done)."""
-        return (self.path / COMPLETE_MARKER).is_file()
+        return markers.is_complete(self.path)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What the extraction recorded when it marked the store complete."""
+        return markers.completion_summary(self.path)
 
     def write_shard(
         self, shard: int, arrays: Sequence[np.ndarray | None], failures: dict[str, str]
@@ -177,7 +176,7 @@ class ClipStore(BatchReads):
             self.__dict__.pop("n_frames", None)  # cached by readers of this object
             if self._reader is not None:
                 self._reader.forget()
-            write_text(self._marker(shard), json.dumps(marker, ensure_ascii=False))
+            markers.write_shard_marker(self.path, shard, marker)
         except OSError as err:  # e.g. a full disk: say which shard stays to be done
             raise OSError(
                 err.errno, f"{err.strerror or err}, in shard {shard}", err.filename
@@ -199,7 +198,7 @@ class ClipStore(BatchReads):
         missing = sorted(set(range(len(self.shards()))) - self.done_shards())
         if missing:
             raise StoreError(f"{self.path}: shards {missing} are not done")
-        write_text(self.path / COMPLETE_MARKER, json.dumps(summary, indent=2))
+        markers.mark_complete(self.path, summary)
 
     # -- reading ---------------------------------------------------------------------------
     @cached_property
@@ -301,6 +300,7 @@ def open_store(
             )
         for orphan in path.rglob("*.partial"):
             orphan.unlink()
+        markers.prepare(path)
         return store
 
     # Built under another name and renamed into place, so a run killed meanwhile leaves no
@@ -330,7 +330,7 @@ def open_store(
             "layout": layout,
         }
     )
-    (building / "progress").mkdir(exist_ok=True)
+    markers.prepare(building)
     os.replace(building, path)
     return ClipStore(path, zarr.open_group(path, mode="r+"))
 

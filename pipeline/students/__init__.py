@@ -14,6 +14,7 @@ to the feature sequence the embedding-distance regulariser acts on::
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +97,44 @@ def list_students() -> list[str]:
         Names accepted by :func:`create_student`.
     """
     return STUDENTS.names()
+
+
+# Keywords every builder takes; a student's own options are the others.
+COMMON_ARGUMENTS = frozenset({"n_classes", "n_mels"})
+
+
+def student_options(name: str) -> dict[str, Any]:
+    """A student's own options and their defaults, read from its builder's signature.
+
+    A builder that forwards ``**kwargs`` to a model class (its return annotation) takes the
+    keywords of that class's constructor; ``n_classes`` and ``n_mels`` are not options.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_students`.
+
+    Returns
+    -------
+    dict
+        Option name → default value (``inspect.Parameter.empty`` where there is none), in the
+        order of the signature.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a student.
+    """
+    signature = inspect.signature(STUDENTS.get(name), eval_str=True)
+    forwards = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    if forwards and inspect.isclass(signature.return_annotation):
+        signature = inspect.signature(signature.return_annotation)
+    keywords = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.kind in keywords and p.name not in COMMON_ARGUMENTS
+    }
 
 
 def create_student(name: str, *, n_classes: int, n_mels: int, **options: Any) -> Student:

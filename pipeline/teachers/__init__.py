@@ -16,6 +16,7 @@ imports none of them: some of their packages read files or start runtimes on imp
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from pipeline.fileio import file_sha256
@@ -72,10 +73,25 @@ def create_teacher(name: str, **options: Any) -> Teacher:
     Returns
     -------
     Teacher
+
+    Raises
+    ------
+    ValueError
+        For an unknown teacher, or an option the teacher does not take (naming those it takes).
     """
     options = {k: v for k, v in options.items() if v is not None}
     if check_teacher_name(name).startswith(HEAR_PREFIX):
         from pipeline.teachers.hear import HearTeacher
 
-        return HearTeacher(module=name.removeprefix(HEAR_PREFIX), **options)
-    return TEACHERS.get(name)(**options)
+        cls: type[Teacher] = HearTeacher
+        options["module"] = name.removeprefix(HEAR_PREFIX)
+    else:
+        cls = TEACHERS.get(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"teacher {name} has no option {', '.join(unknown)}; its options: "
+            f"{', '.join(p for p in accepted if p != 'module')}"
+        )
+    return cls(**options)

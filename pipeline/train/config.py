@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.devices import AUTO, PRECISIONS, resolve_precision
-from pipeline.students import list_students
+from pipeline.students import list_students, student_options
 from pipeline.train.presets import (
     PRESETS,
     paper_lambda,
@@ -55,7 +55,8 @@ class TrainConfig:
     Attributes
     ----------
     dataset : manifest name (``data/manifests/<dataset>.parquet``)
-    student : registered student name; ``student_options`` are passed to its builder
+    student : registered student name; ``student_options`` are passed to its builder and must
+        be options it takes (:func:`pipeline.students.student_options`)
     teacher : teacher store name(s) joined by ``+`` (``"panns+vggish"``), or ``"none"``
     frontend : mel front end; the mel store is ``data/cache/<dataset>/mel-<frontend>.zarr``
     loss : teacher regulariser, ``"dc"`` (distance correlation) or ``"cosine"`` (cosine
@@ -149,6 +150,8 @@ class TrainConfig:
         problems = []
         if self.student not in list_students():
             problems.append(f"unknown student {self.student!r} ({', '.join(list_students())})")
+        else:
+            problems.extend(self._option_problems())
         if self.loss not in ("dc", "cosine"):
             problems.append(f"loss must be 'dc' or 'cosine', not {self.loss!r}")
         if self.align not in ("repeat", "mean"):
@@ -188,6 +191,15 @@ class TrainConfig:
             )
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
+
+    def _option_problems(self) -> list[str]:
+        """One line per ``student_options`` key the student does not take, naming the valid."""
+        valid = list(student_options(self.student))
+        unknown = [k for k in self.student_options if k not in valid]
+        choices = ", ".join(valid) if valid else "none"
+        return [
+            f"student {self.student} has no option {k!r} (its options: {choices})" for k in unknown
+        ]
 
     @property
     def teachers(self) -> tuple[str, ...]:
@@ -298,6 +310,8 @@ def train_config(dataset: str, *, preset: str | None = None, **overrides: Any) -
         there is one, else ``"default"``.
     **overrides :
         :class:`TrainConfig` fields; ``None`` values are ignored, ints are accepted for floats.
+        A preset's ``student_options`` are for the preset's student: a ``student`` other than
+        the preset's drops them (``student_options`` given here are kept).
 
     Returns
     -------
@@ -318,5 +332,8 @@ def train_config(dataset: str, *, preset: str | None = None, **overrides: Any) -
             f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
         )
     values = dict(PRESETS[preset])
-    values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+    given = {k: _coerce(k, v) for k, v in overrides.items() if v is not None}
+    if given.get("student", values.get("student")) != values.get("student"):
+        values.pop("student_options", None)  # the preset's options are for its own student
+    values.update(given)
     return TrainConfig(dataset=dataset, **values)

@@ -1,10 +1,12 @@
 """The paper's settings: training presets per dataset, and the values it fixed per teacher.
 
 :data:`PRESETS` holds, per dataset, the hyper-parameters of the official configs that differ
-from :class:`pipeline.train.config.TrainConfig`'s defaults (summarised in the README). The
-functions give what the paper fixed per dataset and teacher: λ (:func:`paper_lambda`), the time
-alignment factors (:func:`paper_time_factors`), the linear probes' learning rate
-(:func:`paper_probe_lr`) and whether a probe standardises its inputs
+from :class:`pipeline.train.config.TrainConfig`'s defaults (summarised in the README); its
+``student_options`` belong to its ``student`` and are dropped when another student is chosen
+(:func:`pipeline.train.config.train_config`). The functions give what the paper fixed per
+dataset and teacher: λ (:func:`paper_lambda`), the time alignment factors
+(:func:`paper_time_factors`), the linear probes' learning rate (:func:`paper_probe_lr`) and
+whether a probe standardises its inputs
 (:func:`probe_standardises`).
 """
 

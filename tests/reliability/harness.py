@@ -27,7 +27,6 @@ R1 runs once per engine in it. Only the local engine is listed; add the Ray engi
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -44,7 +43,7 @@ import soundfile as sf
 from command_line import run_cli
 
 from pipeline.data.manifest import Manifest
-from pipeline.stores import read_store
+from pipeline.stores import markers, read_store
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "1223"))
 # Extraction engines R1 kills, with the extra `extract` arguments that select each.
@@ -72,7 +71,7 @@ def temporary_files(root: Path) -> list[str]:
 
 
 def done_shards(store: Path) -> list[int]:
-    return sorted(int(p.stem.split("-")[1]) for p in (store / "progress").glob("shard-*.json"))
+    return sorted(markers.done_shards(store))
 
 
 def assert_same_store(path: Path, reference: Path, manifest: Manifest) -> None:
@@ -93,11 +92,11 @@ def assert_same_store(path: Path, reference: Path, manifest: Manifest) -> None:
         assert (got.n_frames[row] > 0) != (clip in failed), clip
     # One done marker per shard, covering each row exactly once.
     rows = []
-    for marker in sorted((path / "progress").glob("shard-*.json")):
-        start, stop = json.loads(marker.read_text())["rows"]
+    reference_markers = markers.shard_markers(reference)
+    for shard, marker in markers.shard_markers(path).items():
+        start, stop = marker["rows"]
         rows.extend(range(start, stop))
-        ref = reference / "progress" / marker.name
-        assert json.loads(marker.read_text()) == json.loads(ref.read_text()), marker.name
+        assert marker == reference_markers[shard], f"shard {shard}"
     assert rows == list(range(len(manifest)))
     assert store_files(path) == store_files(reference)
     assert not temporary_files(path)
@@ -323,13 +322,14 @@ FAULTS = textwrap.dedent(
 
     _local._put = faulty_put
 
-    import pipeline.stores.zarr_store as store
+    import pipeline.stores.markers as store
 
     write_atomic = store.write_text
 
     def faulty_write_atomic(path, text):
-        name = "COMPLETE" if what == "complete" else f"shard-{target:06d}.json"
-        if what in ("marker", "complete") and path.name == name:
+        name = "COMPLETE" if what == "complete" else f"shard-{target:06d}"
+        if what in ("marker", "complete") and path.parent.name == name:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fail(path.with_name(path.name + ".partial"), text.encode())
         return write_atomic(path, text)
 

@@ -30,6 +30,8 @@ from harness import (
     session_processes,
 )
 
+from pipeline.stores import markers
+
 
 def _r1(
     corpus: Corpus,
@@ -53,7 +55,7 @@ def _r1(
         pipeline_command(corpus.data, *args),
         kills=kills,
         duration_s=corpus.seconds,
-        finished=lambda: (store / "COMPLETE").exists(),
+        finished=lambda: markers.is_complete(store),
         restart=restart,
         progress=lambda: (
             f"{len(done_shards(store)) if store.exists() else 0}/{corpus.shards} shards done"
@@ -130,7 +132,7 @@ def _kill_at(corpus: Corpus, what: str, target: int, suffix: str = "") -> str:
     args = extract_args(corpus.dataset, name)
     killed = run_with_fault(corpus.data, "kill", what, target, args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert not (store / "COMPLETE").exists()
+    assert not markers.is_complete(store)
     expected_done = {"data": target, "n_frames": target, "marker": target}.get(what)
     if expected_done is not None:
         assert done_shards(store) == list(range(expected_done))

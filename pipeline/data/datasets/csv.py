@@ -2,7 +2,9 @@
 
 Columns: ``clip_id``, ``path`` (absolute, or relative to the CSV's folder), ``split`` (train /
 valid / test) and one column per class, in the CSV's column order, holding ``1`` (present),
-``0`` (absent) or nothing (unknown). Surrounding whitespace is ignored; blank lines are skipped.
+``0`` (absent) or nothing (unknown). The spellings other tools write are read too: ``1.0`` /
+``0.0`` (pandas saves an integer column with missing values as floats), ``true`` / ``false`` in
+any case, and ``NaN`` for unknown. Surrounding whitespace is ignored; blank lines are skipped.
 
 The file must be UTF-8 (a byte order mark is allowed) with the same number of fields on every
 row; otherwise, as for unbalanced quotes, the error names the file and the line. Rows with a
@@ -24,7 +26,17 @@ from pipeline.data.datasets import DATASETS
 from pipeline.data.manifest import Manifest, ManifestError, listing, make_manifest
 
 REQUIRED = ("clip_id", "path", "split")
-_LABEL_VALUES = {"1": 1, "0": 0, "": -1}  # -1 marks unknown until the mask is taken
+# Label spellings, lower-cased, and their codes; -1 marks unknown until the mask is taken.
+_LABEL_VALUES = {
+    "1": 1,
+    "1.0": 1,
+    "true": 1,
+    "0": 0,
+    "0.0": 0,
+    "false": 0,
+    "": -1,
+    "nan": -1,
+}
 
 
 @DATASETS.register
@@ -133,9 +145,13 @@ def _read_table(csv: Path, name: str) -> tuple[pd.DataFrame, list[int]]:
 
 
 def _label_codes(table: pd.DataFrame, classes: list[str], name: str) -> np.ndarray:
-    """(N, C) int8: 1 / 0, or -1 for unknown; other values are an error naming clip and column."""
+    """(N, C) int8: 1 / 0, or -1 for unknown; other values are an error naming clip and column.
+
+    The spellings of :data:`_LABEL_VALUES` are accepted in any case (``True``, ``FALSE``, ``NaN``).
+    """
     cells = table[classes]
-    bad = ~cells.isin(tuple(_LABEL_VALUES)).to_numpy()
+    spellings = cells.map(str.lower)
+    bad = ~spellings.isin(tuple(_LABEL_VALUES)).to_numpy()
     if bad.any():
         rows, cols = np.nonzero(bad)
         offenders = [
@@ -143,6 +159,7 @@ def _label_codes(table: pd.DataFrame, classes: list[str], name: str) -> np.ndarr
             for r, c in zip(rows, cols, strict=True)
         ]
         raise ManifestError(
-            f"{name}: labels must be 1, 0 or blank; clip/column=value: {listing(offenders)}"
+            f"{name}: labels must be 1, 0 or blank (also 1.0, 0.0, true, false; NaN for "
+            f"unknown); clip/column=value: {listing(offenders)}"
         )
-    return cells.map(_LABEL_VALUES.__getitem__).to_numpy(dtype=np.int8)
+    return spellings.map(_LABEL_VALUES.__getitem__).to_numpy(dtype=np.int8)
