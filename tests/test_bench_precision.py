@@ -58,11 +58,11 @@ def test_random_weights_are_written_once_and_load(tmp_path):
 
 
 @pytest.mark.slow
-def test_rows_of_the_teachers_with_random_weights(tmp_path, monkeypatch):
+def test_row_of_a_teacher_with_random_weights(tmp_path, monkeypatch):
+    # One of the four (the smallest network): the others take the same path, and their
+    # agreement is tested in tests/test_teacher_precision.py.
     monkeypatch.setattr(precision, "CLIP_S", 3.0)
-    ids = [case.id for case in precision.CASES if case.weights == "random"]
-    figures = precision.run(_ctx(tmp_path, only=frozenset(ids)))
-    assert [f.id for f in figures] == ids
-    for figure, case in zip(figures, precision.CASES[2:], strict=False):
-        _check_row(figure, case.teacher)
-        assert figure.details["weights"] == "random"
+    [figure] = precision.run(_ctx(tmp_path, only=frozenset({"PR-openl3"})))
+    assert figure.id == "PR-openl3"
+    _check_row(figure, "openl3")
+    assert figure.details["weights"] == "random"
