@@ -28,6 +28,9 @@ TEACHER_OPTS ?=
 # it, for teachers whose bf16 embeddings agree with fp32), bf16, fp16 or fp32. Not a stamp
 # variable: it is not part of a store's fingerprint, so changing it does not redo a store.
 PRECISION ?=
+# Stage one and mels: mark a store complete unless more than this fraction of its clips failed
+# (0 to 1; empty: the default 0.2). Not a stamp variable: it does not change the store.
+MAX_FAILED ?=
 # Stage one on a Ray cluster: ENGINE=ray [RAY_ADDRESS=auto|host:port] (the same store)
 ENGINE      ?= local
 RAY_ADDRESS ?=
@@ -60,6 +63,7 @@ CLI       := $(PY) -m pipeline --data-dir $(DATA)
 SOME_FAILED := || [ $$? -eq 1 ]
 ENGINE_OPTS := $(if $(filter ray,$(ENGINE)),--engine ray $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)))
 PRECISION_OPTS := $(if $(PRECISION),--precision $(PRECISION))
+MAX_FAILED_OPTS := $(if $(MAX_FAILED),--max-failed $(MAX_FAILED))
 INSTALLED := $(VENV)/.installed
 STAMPS    := $(DATA)/stamps
 CACHE     := $(DATA)/cache/$(DATASET)
@@ -95,6 +99,7 @@ help:
 	@echo "make extract DATASET=... TEACHER=...        stage one: teacher embeddings (resumable)"
 	@echo "make extract ... ENGINE=ray [RAY_ADDRESS=auto]  the same on a Ray cluster"
 	@echo "make extract ... PRECISION=bf16             teacher network in bf16 (default auto)"
+	@echo "make extract|mels ... MAX_FAILED=0.5        complete a store with up to 50 % of clips failed"
 	@echo "make mels DATASET=... [FRONTEND=cp_resnet]  log-mel store (make train builds it if missing)"
 	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
 	@echo "                                            stage two: train a student (resumable)"
@@ -138,16 +143,18 @@ extract: $(EMBEDDING)
 $(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(subst :,-,$(or $(STORE),$(TEACHER))).params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(TEACHER) --replace-stale $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
-		$(foreach o,$(TEACHER_OPTS),-o $(o)) $(PRECISION_OPTS) $(ENGINE_OPTS) $(SOME_FAILED)
+		$(foreach o,$(TEACHER_OPTS),-o $(o)) $(PRECISION_OPTS) $(MAX_FAILED_OPTS) $(ENGINE_OPTS) \
+		$(SOME_FAILED)
 
 # Teacher stores a training run needs, by store name (= teacher name).
 $(CACHE)/%.zarr/COMPLETE/zarr.json: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(patsubst hear-%,hear:%,$*) --replace-stale \
-		$(if $(DEVICE),--device $(DEVICE)) $(PRECISION_OPTS) $(ENGINE_OPTS) $(SOME_FAILED)
+		$(if $(DEVICE),--device $(DEVICE)) $(PRECISION_OPTS) $(MAX_FAILED_OPTS) $(ENGINE_OPTS) \
+		$(SOME_FAILED)
 
 mels: $(MANIFEST)
 	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) \
-		$(if $(DEVICE),--device $(DEVICE)) $(SOME_FAILED)
+		$(if $(DEVICE),--device $(DEVICE)) $(MAX_FAILED_OPTS) $(SOME_FAILED)
 
 train: $(TRAINED)
 $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).params \

@@ -23,6 +23,7 @@ def _store_options(args: argparse.Namespace) -> dict[str, Any]:
         "shard_size": args.shard_size,
         "jobs": args.jobs,
         "max_duration_s": args.max_duration,
+        "max_failed_fraction": args.max_failed,
         "overwrite": args.overwrite,
         "progress": not args.quiet,
     }

@@ -79,11 +79,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _failure_limit(text: str) -> float:
+    from pipeline.extract.local import check_failure_limit
+
+    try:
+        return check_failure_limit(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction from 0 to 1") from None
+
+
 def _add_store_options(p: argparse.ArgumentParser) -> None:
     """Options of the stages that fill a clip store (extract, mels)."""
+    from pipeline.extract.local import MAX_FAILED_FRACTION
+
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard (unit of resume)")
     p.add_argument("--jobs", type=int, help="decode worker processes (default: CPUs − 1)")
     p.add_argument("--max-duration", type=float, help="seconds of each clip to keep")
+    p.add_argument(
+        "--max-failed",
+        type=_failure_limit,
+        default=MAX_FAILED_FRACTION,
+        metavar="FRACTION",
+        help="mark the store complete unless more than this fraction of its clips failed "
+        f"(0 to 1, default {MAX_FAILED_FRACTION})",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
 
 

@@ -8,7 +8,9 @@ resample the next batches while the teacher embeds the current one, at most ``2 
 ahead, so memory does not grow with the dataset when decoding is faster than the teacher. Each
 finished shard is written once with its done marker, so a killed run resumes where it stopped.
 Clips that cannot be decoded or embedded are recorded with their cause and left at zero frames;
-they never abort the run unless more than ``max_failed_fraction`` fail.
+they never abort the run unless more than ``max_failed_fraction`` fail (default
+:data:`MAX_FAILED_FRACTION`): then the store is held back from completion, recording why
+(:func:`pipeline.stores.markers.hold`), and its failures table is written next to it.
 Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
 An encoder's ``store_compression`` ("zstd" unless it says otherwise) is the store's codec, and
 a teacher's ``precision`` is recorded in the store's ``precisions`` by each run that writes.
@@ -29,9 +31,12 @@ from tqdm.auto import tqdm
 
 from pipeline.data.manifest import Manifest
 from pipeline.extract.decode import decode_ahead, default_decode_jobs
-from pipeline.stores import ClipStore, ShardPlan, open_store
+from pipeline.stores import ClipStore, ShardPlan, markers, open_store
+from pipeline.stores.status import write_failures
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+#: The default failure limit: above this fraction of failed clips a store is not marked complete.
+MAX_FAILED_FRACTION = 0.2
 
 
 class Encoder(Protocol):
@@ -54,6 +59,20 @@ class Encoder(Protocol):
 
 class ExtractionError(RuntimeError):
     """Too many clips failed: the inputs or the settings are likely wrong."""
+
+
+def check_failure_limit(fraction: float) -> float:
+    """``fraction``, the share of clips that may fail with the store still marked complete,
+    if it is from 0 to 1.
+
+    Raises
+    ------
+    ValueError
+        If it is not a number from 0 to 1.
+    """
+    if not 0 <= fraction <= 1:  # also refuses NaN
+        raise ValueError(f"failure limit {fraction}: expected a fraction from 0 to 1")
+    return fraction
 
 
 @dataclass
@@ -220,7 +239,7 @@ def extract(
     shard_size: int = 256,
     jobs: int | None = None,
     max_duration_s: float | None = None,
-    max_failed_fraction: float = 0.2,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExtractSummary:
@@ -232,7 +251,8 @@ def extract(
     shard_size : int > 0 -- clips per shard, the unit of writing and resuming
     jobs : decode worker processes; default: usable cores − 1 (``default_decode_jobs``)
     max_duration_s : keep only the first seconds of each clip
-    max_failed_fraction : abort without marking the store complete above this failure rate
+    max_failed_fraction : from 0 to 1; above this fraction of failed clips, ExtractionError and
+        the store is held back from completion (see :func:`finish`)
     overwrite : delete an existing store (also one made with other settings) first
     progress : show a progress bar (when writing to a terminal)
 
@@ -241,6 +261,7 @@ def extract(
     ExtractSummary
     """
     started = time.perf_counter()
+    check_failure_limit(max_failed_fraction)
     clip_ids = manifest.clip_ids
     store = open_encoder_store(manifest, teacher, out, shard_size, max_duration_s, overwrite)
     shards = store.shards()
@@ -334,7 +355,9 @@ def write_results(store: ClipStore, shard: int, results: Sequence[np.ndarray | s
 def finish(
     store: ClipStore, summary: ExtractSummary, started: float, max_failed_fraction: float
 ) -> ExtractSummary:
-    """Fill in the summary from the store and mark it complete, unless too many clips failed.
+    """Fill in the summary from the store and mark it complete, unless too many clips failed:
+    then write its failures table (:func:`pipeline.stores.status.write_failures`) and record in
+    the store why it is held back (:func:`pipeline.stores.markers.hold`), which readers report.
 
     Parameters
     ----------
@@ -347,6 +370,11 @@ def finish(
     max_failed_fraction : float
         As for :func:`extract`: above it, ExtractionError and no completion marker.
 
+    Raises
+    ------
+    ExtractionError
+        Too many clips failed; its message is the reason recorded in the store.
+
     Returns
     -------
     ExtractSummary
@@ -356,9 +384,9 @@ def finish(
     summary.failed = store.failures()
     summary.embedded = int((store.n_frames > 0).sum())
     if len(summary.failed) > max_failed_fraction * len(store):
-        raise ExtractionError(
-            f"{len(summary.failed)} of {len(store)} clips failed (limit "
-            f"{max_failed_fraction:.0%}); the store is kept but not marked complete.\n{summary}"
-        )
+        table = write_failures(store.path, summary.failed)
+        failed, clips = len(summary.failed), len(store)
+        reason = markers.hold(store.path, failed, clips, max_failed_fraction, str(table))
+        raise ExtractionError(f"{store.path}: {reason}")
     store.mark_complete(summary.as_dict())
     return summary

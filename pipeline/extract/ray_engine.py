@@ -29,8 +29,10 @@ from tqdm.auto import tqdm
 from pipeline.data.manifest import Manifest
 from pipeline.extract.decode import decode_clips
 from pipeline.extract.local import (
+    MAX_FAILED_FRACTION,
     Encoder,
     ExtractSummary,
+    check_failure_limit,
     embed_shard,
     finish,
     open_encoder_store,
@@ -147,7 +149,7 @@ def extract_ray(
     batch_size: int = 16,
     shard_size: int = 256,
     max_duration_s: float | None = None,
-    max_failed_fraction: float = 0.2,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExtractSummary:
@@ -171,6 +173,7 @@ def extract_ray(
     """
     from pipeline.teachers import create_teacher
 
+    check_failure_limit(max_failed_fraction)
     ray = _import_ray()
     started = time.perf_counter()
     options = {k: v for k, v in (teacher_options or {}).items() if v is not None}

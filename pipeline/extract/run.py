@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.manifest import Manifest
-from pipeline.extract.local import Encoder, ExtractionError, ExtractSummary, extract
+from pipeline.extract.local import Encoder, ExtractSummary, extract
 from pipeline.paths import read_manifest, store_path
 from pipeline.stores import StoreError
 from pipeline.stores.status import (
-    existing_store,
     os_error_text,
     shard_of,
     staleness,
@@ -69,8 +68,9 @@ def fill_store(
     """Fill (or finish) the store ``out`` with ``encoder``'s output for every clip of ``manifest``.
 
     The failed clips are written to ``<store>.failures.csv``
-    (:func:`pipeline.stores.status.write_failures`), also when too many failed: then those of
-    the shards done so far.
+    (:func:`pipeline.stores.status.write_failures`), also when more than ``max_failed_fraction``
+    of the clips failed: then the store is held back from completion, recording why
+    (:func:`pipeline.extract.local.finish`).
 
     Parameters
     ----------
@@ -86,8 +86,8 @@ def fill_store(
         ``gpus_per_actor``): run on Ray. None: run here, with the local engine.
     **options
         Keyword arguments of :func:`pipeline.extract.local.extract` (``batch_size``,
-        ``shard_size``, ``jobs``, ``max_duration_s``, ``overwrite``, ``progress``); ``jobs``
-        is left out on Ray, where decoding runs in Ray tasks.
+        ``shard_size``, ``jobs``, ``max_duration_s``, ``max_failed_fraction``, ``overwrite``,
+        ``progress``); ``jobs`` is left out on Ray, where decoding runs in Ray tasks.
 
     Returns
     -------
@@ -111,11 +111,6 @@ def fill_store(
             )
         else:
             summary = extract(manifest, encoder, out, **options)
-    except ExtractionError:
-        existing = existing_store(out)
-        if existing is not None:
-            write_failures(out, existing.failures())
-        raise
     except OSError as err:
         if isinstance(err, FileNotFoundError) and not out.exists():
             raise
@@ -181,7 +176,7 @@ def run_extraction(
         Where the line about a stale store goes.
     **options
         The store options of :func:`fill_store` (``batch_size``, ``shard_size``, ``jobs``,
-        ``max_duration_s``, ``overwrite``, ``progress``).
+        ``max_duration_s``, ``max_failed_fraction``, ``overwrite``, ``progress``).
 
     Returns
     -------

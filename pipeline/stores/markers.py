@@ -6,6 +6,9 @@ clean hierarchy; what a marker records is its group's attributes::
     progress/zarr.json                   group holding the shard markers
     progress/shard-000003/zarr.json      shard 3 is done; attributes ``rows`` and ``failures``
     COMPLETE/zarr.json                   every shard is done; attributes = the run's summary
+    held/zarr.json                       every shard is done but too many clips failed: the
+                                         store is held back from completion (attributes:
+                                         ``failed``, ``clips``, ``max_failed``, ``failures_csv``)
 
 Each marker is one ``zarr.json`` file written whole or not at all
 (:func:`pipeline.fileio.write_text`), and a shard's marker only by the one writer of that
@@ -28,6 +31,8 @@ PROGRESS = "progress"
 ZARR_JSON = "zarr.json"
 #: The completion marker of stores written before it was a group: a plain JSON file.
 LEGACY_COMPLETE = "COMPLETE"
+#: The marker of a store whose extraction refused to mark it complete (too many clips failed).
+HELD = "held"
 _SHARD = "shard-{:06d}"
 
 
@@ -62,7 +67,7 @@ def prepare(store: Path) -> None:
     metadata = store / PROGRESS / ZARR_JSON
     if not metadata.is_file():
         write_text(metadata, group_metadata({"about": "one group per shard done"}))
-    for folder in [*(store / PROGRESS).glob("shard-*"), store / LEGACY_COMPLETE]:
+    for folder in [*(store / PROGRESS).glob("shard-*"), store / LEGACY_COMPLETE, store / HELD]:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
 
@@ -172,3 +177,73 @@ def mark_complete(store: Path, summary: dict[str, Any]) -> None:
     if legacy.is_file():
         legacy.unlink()
     write_text(store / COMPLETE_MARKER, group_metadata(summary))
+    held = store / HELD / ZARR_JSON
+    if held.is_file():
+        held.unlink()
+        held.parent.rmdir()
+
+
+def held_reason(failed: int, clips: int, max_failed: float, failures_csv: str) -> str:
+    """Why an extraction left a store incomplete although every shard is done, and what to do.
+
+    Parameters
+    ----------
+    failed, clips : int
+        Clips that failed, of all the store's clips.
+    max_failed : float
+        The failure limit the run was given, a fraction of the clips.
+    failures_csv : str
+        The table of the failed clips.
+
+    Returns
+    -------
+    str
+        One sentence naming the counts, the limit, the table and the ways on.
+    """
+    return (
+        f"{failed} of {clips} clips failed, over the limit of {max_failed * 100:g} %, so the "
+        f"store was not marked complete; the failed clips are listed in {failures_csv}: fix "
+        "their audio and run the extraction again, or accept the store without them with "
+        "--max-failed FRACTION (make MAX_FAILED=FRACTION)"
+    )
+
+
+def hold(store: Path, failed: int, clips: int, max_failed: float, failures_csv: str) -> str:
+    """Record in ``store`` that its extraction refused to mark it complete, and why.
+
+    The record stays until the store is marked complete (:func:`mark_complete` removes it).
+
+    Parameters
+    ----------
+    store : Path
+        The ``<name>.zarr`` folder, every shard of which is done.
+    failed, clips, max_failed, failures_csv
+        As for :func:`held_reason`.
+
+    Returns
+    -------
+    str
+        The reason recorded (:func:`held_reason`).
+    """
+    record = {"failed": failed, "clips": clips, "max_failed": max_failed}
+    write_text(store / HELD / ZARR_JSON, group_metadata({**record, "failures_csv": failures_csv}))
+    return held_reason(failed, clips, max_failed, failures_csv)
+
+
+def incomplete_reason(store: Path) -> str:
+    """Why ``store`` is not complete, as the end of a sentence naming it.
+
+    Parameters
+    ----------
+    store : Path
+        The ``<name>.zarr`` folder, without its completion marker.
+
+    Returns
+    -------
+    str
+        The reason recorded by :func:`hold`, else that a run was likely interrupted.
+    """
+    held = store / HELD / ZARR_JSON
+    if not held.is_file():
+        return "is incomplete (a run was interrupted?): extract again to resume"
+    return "is incomplete: " + held_reason(**json.loads(held.read_text())["attributes"])

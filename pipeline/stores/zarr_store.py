@@ -395,5 +395,5 @@ def read_zarr_store(
         raise StoreError(f"no clip store at {path}")
     store = ClipStore(path, zarr.open_group(path, mode="r"), direct=direct)
     if require_complete and not store.is_complete:
-        raise StoreError(f"{path} is incomplete (a run was interrupted?): extract again to resume")
+        raise StoreError(f"{path} {markers.incomplete_reason(path)}")
     return store
