@@ -86,6 +86,7 @@ def student_config(
         "lam": cfg.regulariser_weight,
         "time_factors": list(cfg.time_factors),
         "probe_lrs": list(cfg.probe_lrs),
+        "precision": cfg.resolved_precision,
         "run": run,
         "classes": CLASSES,
         "n_mels": 96,
@@ -325,6 +326,27 @@ def test_old_recipe_runs_are_left_out(runs_dir: Path) -> None:
     contexts = compare_runs(runs_dir, draws=50)
     used = {f.name for c in contexts for r in c.rows for f in r.arm.folders.values()}
     assert not used & {"cp_resnet-none-old", "cp_resnet-none-older"}
+
+
+def test_precision_makes_a_context_of_its_own_and_speed_settings_do_not(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        make_student(runs, teacher="none", seed=seed, fraction=1.0, d=0.8, cache_on_device="on")
+        folder = make_student(runs, teacher="musicnn", seed=seed, fraction=1.0, d=1.0)
+        # A run recorded before the settings existed: a float32 run, streamed.
+        config = json.loads((folder / "config.json").read_text())
+        del config["precision"], config["cache_on_device"]
+        (folder / "config.json").write_text(json.dumps(config))
+        for teacher, d in (("none", 0.8), ("musicnn", 1.0)):
+            make_student(runs, teacher=teacher, seed=seed, fraction=1.0, d=d, precision="bf16",
+                         name=f"cp_resnet-{teacher}-bf16-s{seed}")  # fmt: skip
+    contexts = compare_runs(runs, draws=50)
+    assert len(contexts) == 2
+    titles = sorted(context_title(c, contexts) for c in contexts)
+    assert titles == ["precision bf16", "precision fp32"]
+    for context in contexts:
+        assert [r.arm.label for r in context.rows] == ["no teacher", "EAsT musicnn λ=0.5"]
+        assert all(r.arm.seeds == (1, 2) for r in context.rows)
 
 
 def test_two_runs_of_one_arm_and_seed_warn_and_the_newer_is_used(runs_dir: Path) -> None:

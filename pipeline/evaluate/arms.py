@@ -37,7 +37,16 @@ BOOTSTRAP_SEED = 2023
 
 # Config entries that are not part of what an arm is: the seed, and bookkeeping.
 NOT_ARM = frozenset(
-    {"seed", "run", "workers", "device", "pipeline_version", "labelled_train_clips", "recipe"}
+    {
+        "seed",
+        "run",
+        "workers",
+        "device",
+        "cache_on_device",
+        "pipeline_version",
+        "labelled_train_clips",
+        "recipe",
+    }
 )
 # Config entries that make one arm of a context differ from another: the teacher settings.
 TEACHER_FIELDS = frozenset(
@@ -128,6 +137,8 @@ class Context:
 
 
 def _student_arm(config: dict[str, Any]) -> tuple[str, Arm]:
+    # Runs from before the precision setting were float32 runs.
+    config = {"precision": "fp32", **config}
     teacher = config.get("teacher", "none")
     baseline = teacher in ("", "none")
     kd = bool(config.get("kd", False))
