@@ -14,6 +14,8 @@ DATA   ?= data
 
 DATASET ?= demo
 TEACHER ?= musicnn
+# A dataset's source (ROOT, CSV, SPLITS, CLIPS) is remembered with its manifest: later commands
+# need only DATASET=; giving another source rebuilds the manifest (and what depends on it).
 ROOT    ?=
 CSV     ?=
 SPLITS  ?=

@@ -41,26 +41,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     """``data``: build a dataset's manifest; exit status 1 when source rows were left out."""
+    from pipeline.data import source as sources
     from pipeline.data.datasets import build_manifest, list_datasets
     from pipeline.data.manifest import ManifestError
 
-    source = args.dataset if args.dataset in list_datasets() else "csv"
-    if source == "csv" and args.csv is None:
+    given = {key: getattr(args, key) for key in sources.SOURCE_OPTIONS}
+    recorded = sources.read_source(args.data_dir, args.dataset)
+    if not sources.gives_source(**given) and recorded is not None:
+        record = recorded
+        print(f"{args.dataset}: building from its recorded source, {sources.summary(record)}")
+    else:
+        name = args.dataset if args.dataset in list_datasets() else "csv"
+        record = sources.describe(name, **given)
+    if record["source"] == "csv" and record["csv"] is None:
         raise ManifestError(
             f"unknown dataset {args.dataset!r}: choose one of {', '.join(list_datasets())} "
             "or give --csv FILE for your own dataset"
         )
     manifest = build_manifest(
-        source,
+        record["source"],
         name=args.dataset,
-        root=args.root,
-        csv=args.csv,
-        split_dir=args.split_dir,
         out_dir=args.data_dir / "datasets" / args.dataset,
-        clips=args.clips,
-        seed=args.seed,
+        **sources.builder_options(record),
     )
     out = manifest.write(manifest_path(args.data_dir, args.dataset))
+    sources.write_source(args.data_dir, args.dataset, record)
     rejected_csv = manifest.write_rejected(rejected_path(args.data_dir, args.dataset))
     counts = manifest.clips["split"].value_counts().to_dict()
     known = manifest.mask().mean()

@@ -7,6 +7,12 @@ it writes ``data/stamps/<stage>-<key>.params`` holding a hash of
 * the stage's parameters as given on the command line, and
 * the source of the code the stage runs.
 
+The data stage's parameters are the dataset's source: when ``CSV``, ``ROOT``, ``SPLITS`` and
+``CLIPS`` are all empty, the source recorded when its manifest was built
+(:mod:`pipeline.data.source`) stands in for them, so later commands need only ``DATASET=``;
+paths count as absolute paths, and a CSV's size and modification time count too (editing the
+table rebuilds the manifest).
+
 A file is rewritten only when that hash differs, so its modification time moves exactly when a
 stage's inputs change, and Make's ordinary timestamp rules rerun that stage and what follows it.
 Only the standard library is imported here: this runs on every ``make`` call.
@@ -19,12 +25,15 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.data.source import MAKE_VARIABLES, make_values, read_source
+
 PACKAGE = Path(__file__).resolve().parent
 
 COMMON = ["__init__.py", "paths.py", "fileio.py", "cli*.py", "stores/*.py", "data/*.py"]
 STAGES: dict[str, tuple[list[str], list[str]]] = {
     # stage: (Make variables that are its parameters, source files it runs)
-    "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS"], ["data/datasets/*.py"]),
+    # CSV_FILE: the CSV's size and modification time (see data_parameters)
+    "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS", "CSV_FILE"], ["data/datasets/*.py"]),
     "extract": (
         ["DATASET", "WEIGHTS", "TEACHER_OPTS"],
         [
@@ -76,10 +85,31 @@ def train_key(env: dict[str, str]) -> str:
     return f"{env.get('DATASET', '')}-{student}-{teacher}{kd}"
 
 
+def data_parameters(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the data stage's source variables as that stage sees them.
+
+    Empty ``CSV``, ``ROOT``, ``SPLITS`` and ``CLIPS`` are filled from the dataset's recorded
+    source, if any; paths become absolute; ``CSV_FILE`` holds the CSV's size and modification
+    time (empty without a readable CSV).
+    """
+    values = {variable: env.get(variable, "") for variable in MAKE_VARIABLES}
+    if not any(values.values()):
+        record = read_source(env.get("DATA", "data"), env.get("DATASET", ""))
+        values = make_values(record) if record else values
+    for variable in ("ROOT", "CSV", "SPLITS"):
+        values[variable] = os.path.abspath(values[variable]) if values[variable] else ""
+    try:
+        info = os.stat(values["CSV"]) if values["CSV"] else None
+    except OSError:
+        info = None
+    values["CSV_FILE"] = f"{info.st_size}:{info.st_mtime_ns}" if info else ""
+    return {**env, **values}
+
+
 def stamps_for(env: dict[str, str]) -> dict[str, str]:
     """Stamp file name → content for the stages the variables in ``env`` describe."""
     dataset = env.get("DATASET", "")
-    out = {f"data-{dataset}": digest("data", env)}
+    out = {f"data-{dataset}": digest("data", data_parameters(env))}
     teachers = {t for t in (env.get("TEACHER") or "").split("+") if t and t != "none"}
     if env.get("STORE"):
         teachers.add(env["STORE"])
