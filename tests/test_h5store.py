@@ -41,10 +41,14 @@ def _values(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return (rng.integers(-64, 64, size=shape) / 8).astype(np.float32)
 
 
-def _write_zarr(path: Path, dim: int, max_frames: int, arrays, failures, *, fp) -> Path:
+def _write_zarr(
+    path: Path, dim: int, max_frames: int, arrays, failures, *, fp, precisions=()
+) -> Path:
     store = open_store(
         path, fingerprint=fp, clip_ids=IDS, dim=dim, max_frames=max_frames, shard_size=4
     )
+    for precision in precisions:
+        store.record_precision(precision)
     for plan in store.shards():
         shard = IDS[plan.start : plan.stop]
         store.write_shard(
@@ -73,6 +77,7 @@ def data_dir(tmp_path_factory) -> Path:
         store_path(data, DATASET, TEACHER), TEACHER_DIM, TEACHER_FRAMES, teacher,
         {FAILED: "cannot decode: é"},
         fp={"teacher": TEACHER, "load_shift": [0.5] * TEACHER_DIM, "load_scale": [2.0] * 5},
+        precisions=("fp32", "bf16"),
     )  # fmt: skip
     labels = np.tile(np.eye(3, dtype=int), (N_CLIPS // 3, 1))  # every class in every split
     manifest = make_manifest(
@@ -120,6 +125,8 @@ def test_export_holds_every_clip_and_attribute(data_dir, exported, name):
     assert h5_store.is_complete
     assert h5_store.clip_ids == zarr_store.clip_ids == IDS
     assert h5_store.fingerprint == zarr_store.fingerprint
+    assert h5_store.precisions == zarr_store.precisions
+    assert h5_store.precisions == (["bf16", "fp32"] if name == TEACHER else [])
     assert h5_store.failures() == zarr_store.failures() and len(h5_store.failures()) == 1
     np.testing.assert_array_equal(h5_store.n_frames, zarr_store.n_frames)
     assert 0 in h5_store.n_frames.tolist()  # the failed clip

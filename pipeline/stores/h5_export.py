@@ -62,6 +62,7 @@ def _write_metadata(
     f.attrs["fingerprint"] = json.dumps(src.fingerprint, sort_keys=True, ensure_ascii=False)
     f.attrs["layout"] = json.dumps(layout, sort_keys=True)
     f.attrs["summary"] = summary
+    f.attrs["precisions"] = json.dumps(src.precisions)
     f.attrs["complete"] = False  # set once every row is written
     f.create_dataset("clip_id", data=np.asarray(src.clip_ids, dtype=object), dtype=_STRINGS)
     f.create_dataset("n_frames", data=np.asarray(src.n_frames, dtype=np.int32))

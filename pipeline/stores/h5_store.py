@@ -75,6 +75,7 @@ class H5ClipStore(BatchReads):
                 self._direct = direct and _chunks_are_rows(data)
                 self._attrs = {k: f.attrs[k] for k in ("fingerprint", "layout", "complete")}
                 self._summary_text = str(f.attrs.get("summary", "{}"))
+                self._precisions_text = str(f.attrs.get("precisions", "[]"))
         except (OSError, KeyError) as err:
             raise StoreError(f"{self.path} is not an HDF5 clip store: {err}") from None
         if len(self._shape) != 3:
@@ -131,6 +132,12 @@ class H5ClipStore(BatchReads):
     def summary(self) -> dict[str, Any]:
         """What the extraction recorded when it finished (the Zarr store's ``COMPLETE``)."""
         return json.loads(self._summary_text)
+
+    @property
+    def precisions(self) -> list[str]:
+        """The exported store's precisions ("fp32", "bf16", …; [] in files exported before
+        they were carried over)."""
+        return list(json.loads(self._precisions_text))
 
     @property
     def shard_size(self) -> int:
