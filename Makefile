@@ -75,7 +75,9 @@ TEACHERS  := $(subst :,-,$(filter-out none,$(subst +, ,$(TEACHER))))
 EMBEDDING := $(CACHE)/$(subst :,-,$(or $(STORE),$(TEACHER))).zarr/COMPLETE/zarr.json
 KD_ON     := $(filter 1 yes true True,$(KD))
 TRAINED   := $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).done
-EVALUATED := $(STAMPS)/eval-$(DATASET).done
+# `make eval` without DATASET= evaluates the trained runs of every dataset.
+EVAL_DATASET := $(if $(filter file,$(origin DATASET)),,$(DATASET))
+EVALUATED := $(STAMPS)/eval-$(or $(EVAL_DATASET),all).done
 REPORT    := $(DATA)/reports/$(DATASET)/report.md
 
 # Refresh the parameter stamps before Make compares timestamps (needs the venv's Python only
@@ -110,6 +112,7 @@ help:
 	@echo "                                            baseline vs EAsT vs EAsT-KD over seeds, 95% CIs"
 	@echo "make paper DATASET=openmic|magnatagatune [SEEDS=3]  the paper's whole table, ours beside theirs"
 	@echo "make eval [DATASET=...]                     test metrics of trained runs + teacher probes"
+	@echo "                                            (of every dataset without DATASET=)"
 	@echo "make report DATASET=...                     markdown report with plots"
 	@echo "make bench [BENCH_SCALE=1] [DEVICE=cuda]    benchmarks → data/bench/results.md"
 	@echo "make test                                   the test suite"
@@ -188,8 +191,8 @@ paper: $(MANIFEST) $(foreach t,$(PAPER_TEACHERS),$(CACHE)/$(t).zarr/COMPLETE/zar
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
 
 eval: $(EVALUATED)
-$(EVALUATED): $(wildcard $(STAMPS)/train-$(DATASET)-*.done) | $(INSTALLED)
-	$(CLI) eval $(DATASET) $(if $(DEVICE),--device $(DEVICE))
+$(EVALUATED): $(wildcard $(STAMPS)/train-$(or $(EVAL_DATASET),*)-*.done) | $(INSTALLED)
+	$(CLI) eval $(EVAL_DATASET) $(if $(DEVICE),--device $(DEVICE))
 	touch $@
 
 report: $(REPORT)
