@@ -69,3 +69,20 @@ def test_make_reruns_only_what_changed(tmp_path: Path) -> None:
     # Evaluation follows training; a second call has nothing to do.
     assert _make(data, "eval", "LAMBDA=0.3", "TEACHER_OPTS=layer=penultimate") == {"eval"}
     assert _make(data, "eval", "LAMBDA=0.3", "TEACHER_OPTS=layer=penultimate") == set()
+
+
+def test_make_eval_without_dataset_evaluates_every_dataset(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and k != "DATASET"}
+
+    def planned(*args: str) -> list[str]:
+        command = ["make", "-C", str(REPO), "--no-print-directory", "-n", f"DATA={tmp_path}"]
+        result = subprocess.run(
+            [*command, *args], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = [line for line in result.stdout.splitlines() if "--data-dir" in line]
+        return [line.split("--data-dir", 1)[1].split()[1:] for line in lines]
+
+    assert planned("eval") == [["eval"]]
+    assert planned("eval", "DATASET=mine") == [["eval", "mine"]]
+    assert planned("report", "DATASET=mine") == [["eval", "mine"], ["report", "mine"]]
