@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -296,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     -------
     int
         The exit status: 0 done, 1 done with some clips or files left out, 2 an error (printed
-        on one line to stderr). Wrong arguments exit through argparse (status 2).
+        on one line to stderr; an unexpected exception also with its traceback, so that Make's
+        "status 1 is fine" never takes a crash for a finished run). Wrong arguments exit
+        through argparse (status 2).
     """
     parser = build_parser(description=__doc__)
     # KEY=VALUE settings may also follow the options (train demo --seeds 3 max_epochs=2).
@@ -334,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             logging.getLogger(__name__).info("traceback of the error", exc_info=True)
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a fault of this program: its traceback, and never status 1
+        traceback.print_exc()
+        print(f"error: unexpected {type(err).__name__} (traceback above)", file=sys.stderr)
         return 2
 
 

@@ -101,3 +101,17 @@ def test_user_error_exits_2_with_one_error_line(
     assert fragment in line
     if not usage_error:
         assert err == line + "\n" and line.startswith("error: ")
+
+
+def test_a_crash_exits_2_with_its_traceback(data_dir: Path, monkeypatch, capsys) -> None:
+    """An exception nobody expected is a fault, not "done, some clips failed" (status 1, which
+    Make lets pass): status 2, the traceback for a report, then one ``error:`` line."""
+
+    def broken(args: object) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setitem(COMMANDS, "eval", broken)
+    assert main(["--data-dir", str(data_dir), "eval", "mine"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'a bug'" in err
+    assert err.splitlines()[-1] == "error: unexpected KeyError (traceback above)"
