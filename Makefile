@@ -33,6 +33,10 @@ PRECISION ?=
 # Stage one and mels: mark a store complete unless more than this fraction of its clips failed
 # (0 to 1; empty: the default 0.2). Not a stamp variable: it does not change the store.
 MAX_FAILED ?=
+# Stage one and mels: HASH_AUDIO=1 records each clip's audio sha256 and lets the content decide
+# whether a clip's audio changed (else its path, size and modification time decide). Not a
+# stamp variable: it does not change the store's values.
+HASH_AUDIO ?=
 # Stage one on a Ray cluster: ENGINE=ray [RAY_ADDRESS=auto|host:port] (the same store)
 ENGINE      ?= local
 RAY_ADDRESS ?=
@@ -54,6 +58,9 @@ SETTINGS ?=
 SEEDS           ?= 3
 LABEL_FRACTIONS ?= 1
 LAMBDAS         ?=
+# Teacher probes: store names to rank, e.g. TEACHERS="musicnn panns panns-penultimate";
+# empty: every complete teacher store of the dataset.
+TEACHERS ?=
 # Benchmark sizes: 1 is the full benchmark, 0.01 a quick look
 BENCH_SCALE ?= 1
 
@@ -66,12 +73,13 @@ SOME_FAILED := || [ $$? -eq 1 ]
 ENGINE_OPTS := $(if $(filter ray,$(ENGINE)),--engine ray $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)))
 PRECISION_OPTS := $(if $(PRECISION),--precision $(PRECISION))
 MAX_FAILED_OPTS := $(if $(MAX_FAILED),--max-failed $(MAX_FAILED))
+HASH_AUDIO_OPTS := $(if $(filter 1 yes true True,$(HASH_AUDIO)),--hash-audio)
 INSTALLED := $(VENV)/.installed
 STAMPS    := $(DATA)/stamps
 CACHE     := $(DATA)/cache/$(DATASET)
 MANIFEST  := $(DATA)/manifests/$(DATASET).parquet
 # Store names: a teacher's name with ':' as '-' (hear:<module> → hear-<module>).
-TEACHERS  := $(subst :,-,$(filter-out none,$(subst +, ,$(TEACHER))))
+TEACHER_STORES := $(subst :,-,$(filter-out none,$(subst +, ,$(TEACHER))))
 EMBEDDING := $(CACHE)/$(subst :,-,$(or $(STORE),$(TEACHER))).zarr/COMPLETE/zarr.json
 KD_ON     := $(filter 1 yes true True,$(KD))
 TRAINED   := $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).done
@@ -85,13 +93,13 @@ REPORT    := $(DATA)/reports/$(DATASET)/report.md
 # $(shell) does not see exported variables in every make version: pass them, shell-quoted.
 quote = '$(subst ','\'',$(1))'
 STAMP_VARS := DATA DATASET TEACHER ROOT CSV SPLITS CLIPS WEIGHTS STORE TEACHER_OPTS \
-	STUDENT FRONTEND LOSS LAMBDA KD SETTINGS
+	STUDENT FRONTEND LOSS LAMBDA KD SETTINGS TEACHERS
 STAMP_CMD := env $(foreach v,$(STAMP_VARS),$(v)=$(call quote,$($(v)))) $(PY) -m pipeline.stamps
 ifneq ($(wildcard $(PY)),)
 _ := $(shell $(STAMP_CMD))
 endif
 
-.PHONY: help setup data extract mels train compare paper eval report demo bench test torture lint format clean-venv
+.PHONY: help setup data extract mels train compare paper probes eval report demo bench test torture lint format clean-venv
 
 help:
 	@echo "make demo                                   everything on the offline default dataset"
@@ -104,6 +112,7 @@ help:
 	@echo "make extract ... ENGINE=ray [RAY_ADDRESS=auto]  the same on a Ray cluster"
 	@echo "make extract ... PRECISION=bf16             teacher network in bf16 (default auto)"
 	@echo "make extract|mels ... MAX_FAILED=0.5        complete a store with up to 50 % of clips failed"
+	@echo "make extract|mels ... HASH_AUDIO=1          audio content (sha256), not size and time, says what changed"
 	@echo "make mels DATASET=... [FRONTEND=cp_resnet]  log-mel store (make train builds it if missing)"
 	@echo "make train DATASET=... TEACHER=...|none [STUDENT= LOSS=dc|cosine LAMBDA= KD=1 SETTINGS=...]"
 	@echo "                                            stage two: train a student (resumable)"
@@ -111,6 +120,8 @@ help:
 	@echo "make compare DATASET=... TEACHER=... [SEEDS=3 LABEL_FRACTIONS=\"0.1 1\" LAMBDAS=\"0.5 0.9\" KD=0]"
 	@echo "                                            baseline vs EAsT vs EAsT-KD over seeds, 95% CIs"
 	@echo "make paper DATASET=openmic|magnatagatune [SEEDS=3]  the paper's whole table, ours beside theirs"
+	@echo "make probes DATASET=... [TEACHERS=\"musicnn panns\"] [SEEDS=3]  rank teacher stores by linear-probe"
+	@echo "                                            test mAP (default: every complete store), no training"
 	@echo "make eval [DATASET=...]                     test metrics of trained runs + teacher probes"
 	@echo "                                            (of every dataset without DATASET=)"
 	@echo "make report DATASET=...                     markdown report with plots"
@@ -149,21 +160,21 @@ $(EMBEDDING): $(STAMPS)/extract-$(DATASET)-$(subst :,-,$(or $(STORE),$(TEACHER))
 	$(CLI) extract $(DATASET) $(TEACHER) --replace-stale $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(STORE),--name $(STORE)) \
 		$(foreach o,$(TEACHER_OPTS),-o $(o)) $(PRECISION_OPTS) $(MAX_FAILED_OPTS) $(ENGINE_OPTS) \
-		$(SOME_FAILED)
+		$(HASH_AUDIO_OPTS) $(SOME_FAILED)
 
 # Teacher stores a training run needs, by store name (= teacher name).
 $(CACHE)/%.zarr/COMPLETE/zarr.json: $(STAMPS)/extract-$(DATASET)-%.params $(MANIFEST)
 	$(CLI) extract $(DATASET) $(patsubst hear-%,hear:%,$*) --replace-stale \
 		$(if $(DEVICE),--device $(DEVICE)) $(PRECISION_OPTS) $(MAX_FAILED_OPTS) $(ENGINE_OPTS) \
-		$(SOME_FAILED)
+		$(HASH_AUDIO_OPTS) $(SOME_FAILED)
 
 mels: $(MANIFEST)
 	$(CLI) mels $(DATASET) $(if $(FRONTEND),--frontend $(FRONTEND)) \
-		$(if $(DEVICE),--device $(DEVICE)) $(MAX_FAILED_OPTS) $(SOME_FAILED)
+		$(if $(DEVICE),--device $(DEVICE)) $(MAX_FAILED_OPTS) $(HASH_AUDIO_OPTS) $(SOME_FAILED)
 
 train: $(TRAINED)
 $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEACHER))$(if $(KD_ON),-kd).params \
-		$(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
+		$(MANIFEST) $(foreach t,$(TEACHER_STORES),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
 	$(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
 		--nproc-per-node $(NPROC) -m pipeline --data-dir $(DATA),$(CLI)) train $(DATASET) \
 		teacher=$(TEACHER) $(if $(STUDENT),student=$(STUDENT)) \
@@ -175,7 +186,7 @@ $(TRAINED): $(STAMPS)/train-$(DATASET)-$(or $(STUDENT),preset)-$(subst :,-,$(TEA
 
 # Trains only the runs that are missing (finished ones are found by their configuration), then
 # evaluates and writes the report with the comparison.
-compare: $(MANIFEST) $(foreach t,$(TEACHERS),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
+compare: $(MANIFEST) $(foreach t,$(TEACHER_STORES),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
 	$(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
 		--nproc-per-node $(NPROC) -m pipeline --data-dir $(DATA),$(CLI)) compare $(DATASET) \
 		$(TEACHER) --seeds $(SEEDS) --label-fractions $(LABEL_FRACTIONS) \
@@ -189,6 +200,14 @@ PAPER_TEACHERS := vggish openl3 passt panns
 paper: $(MANIFEST) $(foreach t,$(PAPER_TEACHERS),$(CACHE)/$(t).zarr/COMPLETE/zarr.json)
 	$(CLI) paper $(DATASET) --seeds $(SEEDS) $(foreach s,$(SETTINGS),$(call quote,$(s))) \
 		$(if $(DEVICE),--device $(DEVICE)) $(if $(WORKERS),--workers $(WORKERS))
+
+# Teacher stores ranked by linear-probe test mAP (data/reports/DATASET/probes.md), from the
+# cached stores only. Stores named after a teacher are extracted (or refreshed) as for training;
+# other store names (made with STORE= and TEACHER_OPTS=) must exist and are probed as they are.
+PROBE_STORES := $(subst :,-,$(TEACHERS))
+is_teacher = $(or $(wildcard pipeline/teachers/$(1).py),$(filter hear-%,$(1)))
+probes: $(MANIFEST) $(foreach t,$(PROBE_STORES),$(if $(call is_teacher,$(t)),$(CACHE)/$(t).zarr/COMPLETE/zarr.json))
+	$(CLI) probes $(DATASET) $(PROBE_STORES) --seeds $(SEEDS)
 
 eval: $(EVALUATED)
 $(EVALUATED): $(wildcard $(STAMPS)/train-$(or $(EVAL_DATASET),*)-*.done) | $(INSTALLED)

@@ -26,6 +26,7 @@ def _store_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_duration_s": args.max_duration,
         "max_failed_fraction": args.max_failed,
         "overwrite": args.overwrite,
+        "hash_audio": args.hash_audio,
         "progress": not args.quiet,
     }
 
@@ -187,6 +188,15 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probes(args: argparse.Namespace) -> int:
+    """``probes``: :func:`pipeline.evaluate.leaderboard.probes_stage`."""
+    from pipeline.evaluate.leaderboard import probes_stage
+
+    say = None if args.quiet else print
+    print(probes_stage(args.data_dir, args.dataset, args.stores, seeds=args.seeds, say=say))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     """``eval``: :func:`pipeline.evaluate.evaluation.evaluate_all`."""
     from pipeline.evaluate.evaluation import evaluate_all
@@ -277,6 +287,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _cmd_train,
     "compare": _cmd_compare,
     "paper": _cmd_paper,
+    "probes": _cmd_probes,
     "eval": _cmd_eval,
     "report": _cmd_report,
     "predict": _cmd_predict,

@@ -104,6 +104,12 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
         f"(0 to 1, default {MAX_FAILED_FRACTION})",
     )
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    p.add_argument(
+        "--hash-audio",
+        action="store_true",
+        help="record each clip's audio sha256 and, where recorded, let the content decide "
+        "whether a clip's audio changed (else: its path, size and modification time)",
+    )
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -314,6 +320,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--teachers", help="'+'-joined subset of vggish+openl3+passt+panns")
     p.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
     _add_training_options(p)
+
+    p = sub.add_parser("probes", help="rank teacher stores by linear-probe test mAP (no students)")
+    p.add_argument("dataset", type=_safe_name)
+    p.add_argument("stores", nargs="*", type=_store_arg, metavar="STORE", help="default: all")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="probes per store (default 3)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per fit")
 
     p = sub.add_parser(
         "eval",

@@ -106,6 +106,12 @@ def data_parameters(env: dict[str, str]) -> dict[str, str]:
     return {**env, **values}
 
 
+def _is_teacher(store: str) -> bool:
+    """Whether a store is named after a teacher (so Make can extract it by that name)."""
+    name = store.replace(":", "-")
+    return name.startswith("hear-") or (PACKAGE / "teachers" / f"{name}.py").is_file()
+
+
 def stamps_for(env: dict[str, str]) -> dict[str, str]:
     """Stamp file name → content for the stages the variables in ``env`` describe."""
     dataset = env.get("DATASET", "")
@@ -113,6 +119,8 @@ def stamps_for(env: dict[str, str]) -> dict[str, str]:
     teachers = {t for t in (env.get("TEACHER") or "").split("+") if t and t != "none"}
     if env.get("STORE"):
         teachers.add(env["STORE"])
+    # make probes TEACHERS="a b": the stores named after a teacher, which Make may extract.
+    teachers |= {t for t in (env.get("TEACHERS") or "").split() if _is_teacher(t)}
     for teacher in sorted(teachers):
         # hear:<module> (store hear-<module>) runs teachers/hear.py; the module is a parameter.
         code = "hear" if teacher.startswith(("hear:", "hear-")) else teacher

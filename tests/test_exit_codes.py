@@ -49,6 +49,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["paper", "openmic"], "no manifest for dataset 'openmic'"),
         (["paper", "no_such_dataset"], "invalid choice"),
     ],
+    "probes": [
+        (["probes", "no_such_dataset", "musicnn"], "no manifest for dataset 'no_such_dataset'"),
+        (["probes", "mine", "no_such_store"], "no store 'no_such_store'"),
+        (["probes", "mine", "--seeds", "0"], "expected a positive integer"),
+    ],
     "eval": [(["eval", "no_such_dataset"], "no manifest for dataset 'no_such_dataset'")],
     "report": [(["report", "mine"], "no runs for dataset 'mine'")],
     "predict": [(["predict", "{tmp}/absent.wav", "--run", "{tmp}/no_run"], "no checkpoint")],

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from pipeline.evaluate.arms import compare_runs
 from pipeline.evaluate.comparison_report import write_comparison
 from pipeline.evaluate.figures import COLOURS, save_figure
+from pipeline.evaluate.leaderboard import probes_section
 from pipeline.fileio import write_text
 from pipeline.train.config import of_current_recipe
 
@@ -321,7 +322,8 @@ plot the BCE part of the loss, which is comparable across runs whatever the regu
 def write_report(runs_dir: Path, out_dir: Path, *, title: str | None = None) -> Path:
     """Write ``report.md``, ``curves.png`` and ``per_class_ap.png`` into ``out_dir``, and the
     comparison of arms over seeds (:mod:`pipeline.evaluate.comparison_report`) where runs have test
-    predictions.
+    predictions, and the teacher probes' leaderboard where ``make probes`` wrote one
+    (:mod:`pipeline.evaluate.leaderboard`).
 
     Parameters
     ----------
@@ -340,9 +342,11 @@ def write_report(runs_dir: Path, out_dir: Path, *, title: str | None = None) -> 
     plot_per_class_ap(runs, out_dir / "per_class_ap.png")
     missing = [r.name for r in runs if not r.test]
     comparison = write_comparison(compare_runs(runs_dir), out_dir)
+    probes = probes_section(out_dir)  # ``make probes``' leaderboard, if it was made
     parts = [
         f"# {title or f'Results: {runs_dir.name}'}",
         *([comparison] if comparison else []),
+        *([probes] if probes else []),
         "## Every run",
         comparison_table(runs, out_dir),
         *([f"Not evaluated on the test split: {', '.join(missing)}."] if missing else []),

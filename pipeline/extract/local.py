@@ -12,6 +12,9 @@ they never abort the run unless more than ``max_failed_fraction`` fail (default
 :data:`MAX_FAILED_FRACTION`): then the store is held back from completion, recording why
 (:func:`pipeline.stores.markers.hold`), and its failures table is written next to it.
 Clips shorter than a teacher's ``pad_below_s`` are zero-padded by it and listed in the summary.
+Each shard's marker records the identity of every clip's audio
+(:mod:`pipeline.extract.audio_identity`); a run on an existing store extracts again the clips
+of done shards whose audio changed since, and only those, naming them first.
 An encoder's ``store_compression`` ("zstd" unless it says otherwise) is the store's codec, and
 a teacher's ``precision`` is recorded in the store's ``precisions`` by each run that writes.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,11 +33,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.data.manifest import Manifest
+from pipeline.extract.audio_identity import audio_identity, begin_update, check_audio
 from pipeline.extract.decode import decode_ahead, default_decode_jobs
-from pipeline.stores import ClipStore, ShardPlan, markers, open_store
+from pipeline.extract.shards import embed_batch, padding_notes, row_batches, write_results
+from pipeline.stores import ClipStore, markers, open_store
 from pipeline.stores.status import write_failures
 
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: The default failure limit: above this fraction of failed clips a store is not marked complete.
 MAX_FAILED_FRACTION = 0.2
 
@@ -78,7 +82,8 @@ def check_failure_limit(fraction: float) -> float:
 @dataclass
 class ExtractSummary:
     """What one extraction run did to a store: clips embedded and failed (clip → cause), clips
-    zero-padded (clip → note), shards written and found done, clips handled, seconds taken."""
+    zero-padded (clip → note), shards written and found done, clips handled, seconds taken, and
+    the clips extracted again because their audio changed (clip → what changed)."""
 
     store: str
     clips: int
@@ -89,6 +94,7 @@ class ExtractSummary:
     shards_skipped: int = 0
     processed: int = 0
     seconds: float = 0.0
+    audio_changed: dict[str, str] = field(default_factory=dict)
 
     @property
     def clips_per_s(self) -> float:
@@ -96,8 +102,10 @@ class ExtractSummary:
         return self.processed / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields and ``clips_per_s``, as kept in the store's completion marker."""
-        return {**asdict(self), "clips_per_s": round(self.clips_per_s, 2)}
+        """The fields and ``clips_per_s``, as kept in the store's completion marker; of
+        ``audio_changed`` only the number of clips (all of a rebuilt dataset's may change)."""
+        fields = {**asdict(self), "audio_changed": len(self.audio_changed)}
+        return {**fields, "clips_per_s": round(self.clips_per_s, 2)}
 
     def __str__(self) -> str:
         lines = [
@@ -109,53 +117,6 @@ class ExtractSummary:
         lines += [f"  failed {clip}: {cause}" for clip, cause in sorted(self.failed.items())]
         lines += [f"  padded {clip}: {note}" for clip, note in sorted(self.padded.items())]
         return "\n".join(lines)
-
-
-def _embed(teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]):
-    """Embed a batch's decoded clips; a teacher error is pinned to its clip by retrying singly."""
-    ok = [i for i, w in enumerate(waves) if not isinstance(w, str)]
-    results: list[np.ndarray | str] = list(waves)
-    try:
-        for i, emb in zip(ok, teacher.embed([waves[i] for i in ok]), strict=True):
-            results[i] = emb
-    except Exception:
-        for i in ok:
-            try:
-                [results[i]] = teacher.embed([waves[i]])
-            except Exception as err:
-                results[i] = f"{teacher.name} failed: {type(err).__name__}: {err}"
-    for i, r in enumerate(results):
-        if isinstance(r, str):
-            continue
-        if len(r) == 0:
-            results[i] = f"{teacher.name} produced no frames"
-        elif not np.isfinite(r).all():
-            results[i] = f"{teacher.name} produced non-finite values"
-        elif r.size and np.abs(r).max() > FLOAT16_MAX:
-            results[i] = f"{teacher.name} values exceed the float16 range of the store"
-    return results
-
-
-def _padding_notes(
-    teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str]
-) -> dict[str, str]:
-    """The clips of a batch that the teacher will zero-pad (its ``pad_below_s``), with why."""
-    pad_s = getattr(teacher, "pad_below_s", 0.0)
-    sr = teacher.sample_rate_hz
-    return {
-        clip: f"{len(w) / sr:.3f} s is shorter than {teacher.name}'s {pad_s} s: zero-padded"
-        for clip, w in zip(clip_ids, waves, strict=True)
-        if not isinstance(w, str) and len(w) < pad_s * sr
-    }
-
-
-def _batches(
-    shards: Sequence[ShardPlan], todo: Sequence[int], batch_size: int
-) -> Iterator[tuple[int, int, int]]:
-    """(shard, start, stop) row ranges of at most ``batch_size`` clips, shard by shard."""
-    for plan in (shards[k] for k in todo):
-        for start in range(plan.start, plan.stop, batch_size):
-            yield plan.index, start, min(start + batch_size, plan.stop)
 
 
 def open_encoder_store(
@@ -230,6 +191,26 @@ def max_frames_for(manifest: Manifest, teacher: Encoder, max_duration_s: float |
     return max(1, teacher.num_frames(math.ceil(longest * teacher.sample_rate_hz)))
 
 
+def _decode_tasks(
+    batches: Sequence[tuple[int, list[int]]],
+    clip_ids: Sequence[str],
+    paths: Sequence[str],
+    teacher: Encoder,
+    max_duration_s: float | None,
+    *,
+    identities: dict[str, dict[str, Any]],
+    hash_audio: bool,
+) -> Iterator[tuple[Any, ...]]:
+    """The arguments of :func:`pipeline.extract.decode.decode_clips` per batch; each clip's audio
+    identity is put into ``identities`` as its batch is handed to the decoders (hashing, when
+    asked for, happens here, in the extracting process)."""
+    for _, rows in batches:
+        clips = [(clip_ids[r], paths[r]) for r in rows]
+        for clip, path in clips:
+            identities[clip] = audio_identity(path, content_hash=hash_audio)
+        yield clips, teacher.sample_rate_hz, teacher.min_duration_s, max_duration_s
+
+
 def extract(
     manifest: Manifest,
     teacher: Encoder,
@@ -241,7 +222,9 @@ def extract(
     max_duration_s: float | None = None,
     max_failed_fraction: float = MAX_FAILED_FRACTION,
     overwrite: bool = False,
+    hash_audio: bool = False,
     progress: bool = True,
+    say: Callable[[str], None] = print,
 ) -> ExtractSummary:
     """Embed every clip of ``manifest`` with ``teacher`` (any :class:`Encoder`) into ``out``.
 
@@ -254,7 +237,10 @@ def extract(
     max_failed_fraction : from 0 to 1; above this fraction of failed clips, ExtractionError and
         the store is held back from completion (see :func:`finish`)
     overwrite : delete an existing store (also one made with other settings) first
+    hash_audio : record the sha256 of each clip's audio, and where one is recorded let the
+        content decide whether a clip's audio changed (reads each such file of unchanged size)
     progress : show a progress bar (when writing to a terminal)
+    say : where the lines about clips whose audio changed or is missing go
 
     Returns
     -------
@@ -264,92 +250,70 @@ def extract(
     check_failure_limit(max_failed_fraction)
     clip_ids = manifest.clip_ids
     store = open_encoder_store(manifest, teacher, out, shard_size, max_duration_s, overwrite)
-    shards = store.shards()
+    paths = [str(p) for p in manifest.clips["path"]]
     done = store.done_shards()
-    todo = [p.index for p in shards if p.index not in done]
-    if todo:
+    check = check_audio(store.path, clip_ids, paths, content_hash=hash_audio)
+    begin_update(store.path, check, say=say)
+    work: dict[int, Sequence[int]] = {
+        p.index: range(p.start, p.stop) for p in store.shards() if p.index not in done
+    }
+    work.update(check.rows)
+    if work:
         record_precision(store, teacher)
-    summary = ExtractSummary(str(out), len(clip_ids), 0, shards_skipped=len(done))
-    paths = manifest.clips["path"].tolist()
-    batches = list(_batches(shards, todo, batch_size))
-    jobs = jobs or default_decode_jobs()
-    decoded = decode_ahead(
-        (
-            (
-                list(zip(clip_ids[a:b], paths[a:b], strict=True)),
-                teacher.sample_rate_hz,
-                teacher.min_duration_s,
-                max_duration_s,
-            )
-            for _, a, b in batches
-        ),
-        jobs,
-        ahead=2 * jobs,
+    summary = ExtractSummary(
+        str(out),
+        len(clip_ids),
+        0,
+        shards_skipped=len(done - set(check.rows)),
+        audio_changed=check.changed,
     )
-    pending: dict[int, list[np.ndarray | str]] = {}
+    batches = list(row_batches(work, batch_size))
+    identities: dict[str, dict[str, Any]] = {}
+    tasks = _decode_tasks(
+        batches,
+        clip_ids,
+        paths,
+        teacher,
+        max_duration_s,
+        identities=identities,
+        hash_audio=hash_audio,
+    )
+    jobs = jobs or default_decode_jobs()
+    decoded = decode_ahead(tasks, jobs, ahead=2 * jobs)
     bar = tqdm(
-        total=sum(shards[k].stop - shards[k].start for k in todo),
+        total=sum(len(rows) for rows in work.values()),
         unit="clip",
         desc=f"{teacher.name} → {Path(out).name}",
         disable=None if progress else True,  # None: off when not writing to a terminal
     )
     with bar:
-        for (shard, a, b), waves in zip(batches, decoded, strict=True):
-            summary.padded.update(_padding_notes(teacher, clip_ids[a:b], waves))
-            pending.setdefault(shard, []).extend(_embed(teacher, clip_ids[a:b], waves))
-            bar.update(b - a)
-            summary.processed += b - a
-            if b == shards[shard].stop:
-                write_results(store, shard, pending.pop(shard))
-                summary.shards_written += 1
+        _embed_and_write(store, teacher, batches, decoded, work, identities, summary, bar)
     return finish(store, summary, started, max_failed_fraction)
 
 
-def embed_shard(
-    teacher: Encoder, clip_ids: Sequence[str], waves: list[np.ndarray | str], batch_size: int
-) -> tuple[list[np.ndarray | str], dict[str, str]]:
-    """One shard's decoded clips (or decoding failures) → embeddings or failure causes.
-
-    Parameters
-    ----------
-    teacher : Encoder
-    clip_ids : sequence of str
-        The shard's clips.
-    waves : list of np.ndarray or str
-        Their waveforms, shape (samples,), or the causes of their decoding failures.
-    batch_size : int
-        Clips per teacher call (the batches :func:`extract` makes).
-
-    Returns
-    -------
-    results : list of np.ndarray or str
-        Per clip its (frames, dim) embedding or the cause of its failure.
-    padded : dict of str to str
-        The clips the teacher zero-pads, with why.
-    """
-    results: list[np.ndarray | str] = []
-    padded: dict[str, str] = {}
-    for a in range(0, len(waves), batch_size):
-        ids, part = clip_ids[a : a + batch_size], waves[a : a + batch_size]
-        padded.update(_padding_notes(teacher, ids, part))
-        results.extend(_embed(teacher, ids, part))
-    return results, padded
-
-
-def write_results(store: ClipStore, shard: int, results: Sequence[np.ndarray | str]) -> None:
-    """Write a shard's embeddings with its done marker.
-
-    Parameters
-    ----------
-    store : ClipStore
-    shard : int
-        The shard's index.
-    results : sequence of np.ndarray or str
-        Per clip of the shard its (frames, dim) embedding, or the cause of its failure.
-    """
-    start = store.shards()[shard].start
-    failures = {store.clip_ids[start + i]: r for i, r in enumerate(results) if isinstance(r, str)}
-    store.write_shard(shard, [None if isinstance(r, str) else r for r in results], failures)
+def _embed_and_write(
+    store: ClipStore,
+    teacher: Encoder,
+    batches: Sequence[tuple[int, list[int]]],
+    decoded: Iterator[list[np.ndarray | str]],
+    work: Mapping[int, Sequence[int]],
+    identities: dict[str, dict[str, Any]],
+    summary: ExtractSummary,
+    bar: tqdm,
+) -> None:
+    """Embed each decoded batch; write each shard with its audio records once its rows are
+    embedded."""
+    pending: dict[int, list[np.ndarray | str]] = {}
+    for (shard, rows), waves in zip(batches, decoded, strict=True):
+        ids = [store.clip_ids[r] for r in rows]
+        summary.padded.update(padding_notes(teacher, ids, waves))
+        pending.setdefault(shard, []).extend(embed_batch(teacher, ids, waves))
+        bar.update(len(rows))
+        summary.processed += len(rows)
+        if rows[-1] == work[shard][-1]:
+            audio = {store.clip_ids[r]: identities.pop(store.clip_ids[r]) for r in work[shard]}
+            write_results(store, shard, pending.pop(shard), rows=work[shard], audio=audio)
+            summary.shards_written += 1
 
 
 def finish(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.extract.audio_identity import check_audio
 from pipeline.extract.frontends import create_frontend
 from pipeline.extract.local import ExtractSummary, extract
 from pipeline.extract.run import FilledStore, fill_store
@@ -77,7 +78,9 @@ def ensure_mel_store(
     """Build (or rebuild, when stale) the mel store a training reads, on the first process only.
 
     A mel store is derived from the manifest and the front end alone: one made with other
-    front-end settings or for other clips is computed again (saying why), never mixed. Under
+    front-end settings or for other clips is computed again (saying why), never mixed, and
+    in a complete one the clips whose audio changed since are computed again
+    (:mod:`pipeline.extract.audio_identity`; by path, size and modification time). Under
     ``torchrun`` only the first process (``RANK`` 0) builds the mels; the others wait for it
     when they join the process group in training.
 
@@ -100,13 +103,18 @@ def ensure_mel_store(
     fingerprint = create_frontend(frontend_name).fingerprint()
     stale = staleness(mel_store, fingerprint, manifest.clip_ids)
     existing = existing_store(mel_store)
-    first_process = os.environ.get("RANK", "0") == "0"
-    if not first_process or not (stale or existing is None or not existing.is_complete):
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    current = existing is not None and existing.is_complete and not stale
+    paths = [str(p) for p in manifest.clips["path"]]
+    if current and not check_audio(mel_store, manifest.clip_ids, paths).changed:
         return None
     if stale:
         say(f"{mel_store} was {stale}: computing it again")
-    else:
+    elif not current:
         say(f"computing the {frontend_name} mel store first")
-    summary = build_mels(data_dir, dataset, frontend_name, overwrite=bool(stale), progress=progress)
+    summary = build_mels(
+        data_dir, dataset, frontend_name, overwrite=bool(stale), progress=progress, say=say
+    )
     say(str(summary))
     return summary

@@ -7,6 +7,11 @@ its done marker. Each shard is therefore written by exactly one task, shards alr
 not sent at all, and a killed run resumes where it stopped. The values equal the local
 engine's: same decoding, same teacher calls, same batches.
 
+Each shard's marker records its clips' audio identities, taken in the decode task
+(:mod:`pipeline.extract.audio_identity`). Shards with clips whose audio changed since they were
+extracted are extracted again whole on Ray (the local engine decodes and embeds only the changed
+clips); the values are the same either way.
+
 The store must be reachable at the same path from the driver and every worker: a local folder
 for a one-machine cluster, a shared filesystem (NFS, Lustre, a mounted bucket) for several.
 Every node needs this package and the teacher's weights installed the same way.
@@ -21,23 +26,24 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.data.manifest import Manifest
+from pipeline.extract.audio_identity import audio_identity, begin_update, check_audio
 from pipeline.extract.decode import decode_clips
 from pipeline.extract.local import (
     MAX_FAILED_FRACTION,
     Encoder,
     ExtractSummary,
     check_failure_limit,
-    embed_shard,
     finish,
     open_encoder_store,
-    write_results,
 )
+from pipeline.extract.shards import embed_shard, write_results
 from pipeline.stores import open_for_writing
 
 
@@ -53,11 +59,17 @@ def _import_ray():
 
 
 def _decode_shard(
-    row: dict[str, Any], sr_hz: int, min_duration_s: float, max_duration_s: float | None
+    row: dict[str, Any],
+    sr_hz: int,
+    min_duration_s: float,
+    max_duration_s: float | None,
+    content_hash: bool = False,
 ) -> dict[str, Any]:
-    """A shard's clips decoded: all waveforms end to end, their lengths (-1: failed) and the
-    failures' causes (JSON, by position in the shard)."""
+    """A shard's clips decoded: all waveforms end to end, their lengths (-1: failed), the
+    failures' causes (JSON, by position in the shard) and the clips' audio identities taken
+    just before (JSON, by clip)."""
     clips = list(zip(row["clip_ids"], row["paths"], strict=True))
+    audio = {clip: audio_identity(path, content_hash=content_hash) for clip, path in clips}
     waves = decode_clips(clips, sr_hz, min_duration_s, max_duration_s)
     ok = [w for w in waves if not isinstance(w, str)]
     return {
@@ -65,6 +77,7 @@ def _decode_shard(
         "audio": np.concatenate(ok) if ok else np.zeros(0, np.float32),
         "lengths": np.asarray([-1 if isinstance(w, str) else len(w) for w in waves], np.int64),
         "errors": json.dumps({i: w for i, w in enumerate(waves) if isinstance(w, str)}),
+        "identities": json.dumps(audio),
     }
 
 
@@ -126,7 +139,8 @@ class ShardEmbedder:
             waves = _split(batch["audio"][k], batch["lengths"][k], str(batch["errors"][k]))
             clip_ids = self.store.clip_ids[plan.start : plan.stop]
             results, notes = embed_shard(self.teacher, clip_ids, waves, self.batch_size)
-            write_results(self.store, shard, results)
+            audio = json.loads(str(batch["identities"][k]))
+            write_results(self.store, shard, results, audio=audio)
             shards.append(shard)
             padded.append(json.dumps(notes))
         return {
@@ -151,7 +165,9 @@ def extract_ray(
     max_duration_s: float | None = None,
     max_failed_fraction: float = MAX_FAILED_FRACTION,
     overwrite: bool = False,
+    hash_audio: bool = False,
     progress: bool = True,
+    say: Callable[[str], None] = print,
 ) -> ExtractSummary:
     """Embed every clip of ``manifest`` with the teacher ``teacher_name`` into ``out`` on Ray.
 
@@ -164,7 +180,7 @@ def extract_ray(
         else a Ray instance started on this machine for the run
     actors : teacher actors; default: one per GPU in the cluster, else 1
     gpus_per_actor : GPUs reserved per actor; default: 1 when the cluster has GPUs, else 0
-    batch_size, shard_size, max_duration_s, max_failed_fraction, overwrite :
+    batch_size, shard_size, max_duration_s, max_failed_fraction, overwrite, hash_audio, say :
         as for :func:`pipeline.extract.local.extract`; the store is the same
 
     Returns
@@ -186,8 +202,14 @@ def extract_ray(
     store = open_encoder_store(manifest, teacher, out, shard_size, max_duration_s, overwrite)
     shards = store.shards()
     done = store.done_shards()
-    todo = [p for p in shards if p.index not in done]
-    summary = ExtractSummary(str(out), len(clip_ids), 0, shards_skipped=len(done))
+    paths = manifest.clips["path"].astype(str).tolist()
+    check = check_audio(store.path, clip_ids, paths, content_hash=hash_audio)
+    begin_update(store.path, check, say=say)
+    todo = [p for p in shards if p.index not in done or p.index in check.rows]
+    skipped = len(done - set(check.rows))
+    summary = ExtractSummary(
+        str(out), len(clip_ids), 0, shards_skipped=skipped, audio_changed=check.changed
+    )
     if todo:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -198,7 +220,6 @@ def extract_ray(
             actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
-        paths = manifest.clips["path"].astype(str).tolist()
         items = [
             {
                 "shard": p.index,
@@ -220,6 +241,7 @@ def extract_ray(
                     "sr_hz": teacher.sample_rate_hz,
                     "min_duration_s": teacher.min_duration_s,
                     "max_duration_s": max_duration_s,
+                    "content_hash": hash_audio,
                 },
                 num_cpus=1,
                 memory=decoded_bytes,

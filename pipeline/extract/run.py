@@ -87,7 +87,8 @@ def fill_store(
     **options
         Keyword arguments of :func:`pipeline.extract.local.extract` (``batch_size``,
         ``shard_size``, ``jobs``, ``max_duration_s``, ``max_failed_fraction``, ``overwrite``,
-        ``progress``); ``jobs`` is left out on Ray, where decoding runs in Ray tasks.
+        ``hash_audio``, ``progress``, ``say``); ``jobs`` is left out on Ray, where decoding
+        runs in Ray tasks.
 
     Returns
     -------
@@ -173,10 +174,11 @@ def run_extraction(
         Ray's cluster, teacher actors and GPUs per actor (see
         :func:`pipeline.extract.ray_engine.extract_ray`).
     say : callable
-        Where the line about a stale store goes.
+        Where the lines about a stale store and about clips whose audio changed go.
     **options
         The store options of :func:`fill_store` (``batch_size``, ``shard_size``, ``jobs``,
-        ``max_duration_s``, ``max_failed_fraction``, ``overwrite``, ``progress``).
+        ``max_duration_s``, ``max_failed_fraction``, ``overwrite``, ``hash_audio``,
+        ``progress``).
 
     Returns
     -------
@@ -205,4 +207,4 @@ def run_extraction(
             "actors": actors,
             "gpus_per_actor": gpus_per_actor,
         }
-    return fill_store(teacher, manifest, out, ray_options=ray_options, **options)
+    return fill_store(teacher, manifest, out, ray_options=ray_options, say=say, **options)

@@ -4,7 +4,10 @@ Both are Zarr groups of the store, so that Zarr readers (``zarr.open_group``, xa
 clean hierarchy; what a marker records is its group's attributes::
 
     progress/zarr.json                   group holding the shard markers
-    progress/shard-000003/zarr.json      shard 3 is done; attributes ``rows`` and ``failures``
+    progress/shard-000003/zarr.json      shard 3 is done; attributes ``rows``, ``failures``
+                                         and ``audio`` (clip → identity of the audio its
+                                         values were made from; stores written before it
+                                         was recorded have none)
     COMPLETE/zarr.json                   every shard is done; attributes = the run's summary
     held/zarr.json                       every shard is done but too many clips failed: the
                                          store is held back from completion (attributes:
@@ -90,6 +93,28 @@ def write_shard_marker(store: Path, shard: int, marker: dict[str, Any]) -> None:
         JSON-serialisable record of the shard.
     """
     write_text(shard_marker(store, shard), group_metadata(marker))
+
+
+def read_shard_marker(store: Path, shard: int) -> dict[str, Any]:
+    """What shard ``shard``'s done marker in ``store`` records; {} if it has none.
+
+    Parameters
+    ----------
+    store : Path
+        The ``<name>.zarr`` folder.
+    shard : int
+        Index of the shard.
+
+    Returns
+    -------
+    dict
+        The marker group's attributes (or a legacy marker file's content).
+    """
+    metadata = shard_marker(store, shard)
+    if metadata.is_file():
+        return json.loads(metadata.read_text())["attributes"]
+    legacy = store / PROGRESS / f"{_SHARD.format(shard)}.json"
+    return json.loads(legacy.read_text()) if legacy.is_file() else {}
 
 
 def _shard_index(name: str) -> int:
@@ -181,6 +206,26 @@ def mark_complete(store: Path, summary: dict[str, Any]) -> None:
     if held.is_file():
         held.unlink()
         held.parent.rmdir()
+
+
+def withdraw_complete(store: Path) -> None:
+    """Remove the completion marker of ``store`` (and a legacy ``COMPLETE`` file), before a run
+    changes shards that are done, so that a run killed meanwhile leaves the store incomplete.
+
+    A run killed between removing the marker file and its folder leaves an empty folder, which
+    :func:`prepare` removes.
+
+    Parameters
+    ----------
+    store : Path
+        The ``<name>.zarr`` folder.
+    """
+    metadata = store / COMPLETE_MARKER
+    for marker in (metadata, store / LEGACY_COMPLETE):
+        if marker.is_file():
+            marker.unlink()
+    if metadata.parent.is_dir() and not any(metadata.parent.iterdir()):
+        metadata.parent.rmdir()
 
 
 def held_reason(failed: int, clips: int, max_failed: float, failures_csv: str) -> str:

@@ -5,7 +5,7 @@ Layout of ``<name>.zarr/``::
     data       (N, T_max, D)  float16  chunk = 1 clip, shard = ``shard_size`` clips
     n_frames   (N,)           int32    valid frames per clip; 0 = failed or not yet written
     clip_id    (N,)           str      row order = manifest order
-    progress/shard-000003/             done marker of shard 3, with that shard's failures
+    progress/shard-000003/             done marker of shard 3: its failures, audio identities
     COMPLETE/                          written once every shard is done (Make depends on it)
 
 The markers are Zarr groups recording in their attributes (:mod:`pipeline.stores.markers`);
@@ -37,6 +37,7 @@ from pipeline.stores import markers
 from pipeline.stores.base import STORE_FORMAT, StoreError
 from pipeline.stores.fingerprint import canonical, fingerprint_diff
 from pipeline.stores.rows import BatchReads, frame_counts, runs
+from pipeline.stores.shard_block import shard_block
 from pipeline.stores.shard_reader import ShardReader
 
 
@@ -131,7 +132,12 @@ class ClipStore(BatchReads):
         return markers.completion_summary(self.path)
 
     def write_shard(
-        self, shard: int, arrays: Sequence[np.ndarray | None], failures: dict[str, str]
+        self,
+        shard: int,
+        arrays: Sequence[np.ndarray | None],
+        failures: dict[str, str],
+        *,
+        audio: dict[str, Any] | None = None,
     ) -> None:
         """Write all clips of one shard in one assignment, then its done marker.
 
@@ -144,6 +150,8 @@ class ClipStore(BatchReads):
             ``None`` for a clip that failed. Frames beyond ``max_frames`` are dropped.
         failures : dict
             Clip ID → cause of each failed clip, kept in the shard's marker.
+        audio : dict, optional
+            Clip ID → identity of the audio its values came from, kept in the marker.
 
         Raises
         ------
@@ -154,22 +162,15 @@ class ClipStore(BatchReads):
             be done.
         """
         plan = self.shards()[shard]
-        if len(arrays) != plan.stop - plan.start:
-            raise ValueError(
-                f"shard {shard} holds {plan.stop - plan.start} clips, got {len(arrays)}"
-            )
-        block = np.zeros((len(arrays), self.max_frames, self.dim), dtype=self._group["data"].dtype)
-        n_frames = np.zeros(len(arrays), dtype=np.int32)
-        for i, array in enumerate(arrays):
-            if array is None:
-                continue
-            if array.ndim != 2 or array.shape[1] != self.dim:
-                clip = self.clip_ids[plan.start + i]
-                raise ValueError(f"{clip}: expected (frames, {self.dim}), got {array.shape}")
-            t = min(len(array), self.max_frames)
-            block[i, :t] = array[:t]
-            n_frames[i] = t
+        block, n_frames = shard_block(
+            arrays,
+            self.clip_ids[plan.start : plan.stop],
+            max_frames=self.max_frames,
+            dim=self.dim,
+            dtype=self._group["data"].dtype,
+        )
         marker = {"rows": [plan.start, plan.stop], "failures": failures}
+        marker.update({} if audio is None else {"audio": audio})
         try:
             self._group["data"][plan.start : plan.stop] = block
             self._group["n_frames"][plan.start : plan.stop] = n_frames

@@ -34,9 +34,9 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.manifest import Manifest, listing
-from pipeline.stores import ClipStore, read_store
+from pipeline.stores import ClipStore, ClipStoreReader, read_store
 
-__all__ = ["ClipDataset", "collate", "fit_frames"]
+__all__ = ["ClipDataset", "collate", "fit_frames", "mean_embeddings"]
 
 
 def fit_frames(array: np.ndarray, frames: int) -> np.ndarray:
@@ -63,6 +63,51 @@ def _load_normalisation(fingerprint: dict[str, Any], name: str) -> tuple[Any, An
     if scale is not None and not np.all(scale != 0):
         raise ValueError(f"{name}: load_scale contains 0")
     return shift, scale
+
+
+def mean_embeddings(
+    store: ClipStoreReader,
+    clip_ids: Sequence[str],
+    *,
+    frames: int | None = None,
+    chunk: int = 256,
+) -> np.ndarray:
+    """(N, D) float32: each clip's embeddings in ``store`` averaged over its frames.
+
+    What a linear probe sees (:mod:`pipeline.train.probe`): each clip fitted to ``frames``
+    frames as :func:`fit_frames` fits it (a shorter clip repeats from its start), the store's
+    load normalisation applied (``load_shift``, ``load_scale`` of its fingerprint), then the
+    mean over time. Needs no other store, so teacher stores can be probed on their own.
+
+    Parameters
+    ----------
+    store : ClipStoreReader
+        A complete teacher store.
+    clip_ids : sequence of str, length N
+        Clips the store holds with at least one frame.
+    frames : int, optional
+        Frames each clip is fitted to; default the store's ``max_frames``.
+    chunk : int
+        Clips read at a time.
+
+    Returns
+    -------
+    np.ndarray, shape (N, D), float32
+    """
+    frames = store.max_frames if frames is None else int(frames)
+    shift, scale = _load_normalisation(store.fingerprint, Path(store.path).name)
+    parts = []
+    for start in range(0, len(clip_ids), chunk):
+        block, n_frames = store.read_padded(list(clip_ids[start : start + chunk]))
+        array = _fit_block(block, n_frames, frames).astype(np.float32)
+        if shift is not None:
+            array -= shift
+        if scale is not None:
+            array /= scale
+        parts.append(torch.from_numpy(array).mean(dim=1))
+    if not parts:
+        return np.zeros((0, store.dim), dtype=np.float32)
+    return torch.cat(parts).numpy()
 
 
 class ClipDataset(Dataset):
@@ -195,11 +240,8 @@ class ClipDataset(Dataset):
         chunk : int
             Clips read at a time.
         """
-        parts = [
-            self.__getitems__(range(start, min(start + chunk, len(self))))["teachers"][k]
-            for start in range(0, len(self), chunk)
-        ]
-        return torch.cat([p.mean(dim=1) for p in parts]).numpy()
+        frames = self.teacher_shapes[k][0]
+        return mean_embeddings(self._open()[k + 1], self.clip_ids, frames=frames, chunk=chunk)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """A whole batch, already collated (see :func:`collate`).
