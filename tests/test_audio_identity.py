@@ -356,3 +356,37 @@ def test_with_hashing_a_copied_dataset_is_not_extracted_again(tmp_path, clips):
     assert (teacher.seen, lines) == ([], [])
     _, lines = _run(manifest, tmp_path / "s.zarr", teacher)  # the records now name the copies
     assert (teacher.seen, lines) == ([], [])
+
+
+def test_a_clip_replaced_by_a_longer_one_gives_the_store_more_room(tmp_path, monkeypatch, capsys):
+    """The replaced clip is now the longest: the store's rows are too short for it, so the
+    store is laid out again and extracted afresh, saying why (not "another layout", exit 2)."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i, seconds in enumerate(SECONDS):
+        _write(folder / f"c{i}.wav", seconds, seed=i)
+    table = tmp_path / "clips.csv"
+    table.write_text(
+        "clip_id,path,split,a\n"
+        + "".join(f"c{i},{folder}/c{i}.wav,train,0\n" for i in range(len(SECONDS)))
+    )
+    data = ["--data-dir", str(tmp_path / "data")]
+    monkeypatch.setattr(pipeline.teachers, "create_teacher", lambda *a, **k: FrameMeans())
+    extract_argv = [*data, "extract", "toy", "musicnn", "--replace-stale", "--jobs", "1", "-q"]
+    assert main([*data, "data", "toy", "--csv", str(table)]) == 0
+    assert main(extract_argv) == 0
+
+    _write(folder / "c1.wav", 4.5, seed=9)  # longer than the longest (3 s, 6 frames)
+    assert main([*data, "data", "toy", "--csv", str(table)]) == 0
+    capsys.readouterr()
+    assert main(extract_argv) == 0
+    out = capsys.readouterr().out
+    assert "laid out for clips of up to 6 frames, and the manifest's longest clip now has 9" in out
+    store = read_store(store_path(tmp_path / "data", "toy", "musicnn"))
+    assert store.max_frames == 9 and store.read("c1").shape == (9, 2)
+
+    _run(_manifest([folder / f"c{i}.wav" for i in range(5)]), tmp_path / "f.zarr", FrameMeans())
+    for i in range(5):
+        np.testing.assert_array_equal(
+            store.read(f"c{i}"), read_store(tmp_path / "f.zarr").read(f"c{i}")
+        )

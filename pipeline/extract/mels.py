@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.extract.audio_identity import check_audio
 from pipeline.extract.frontends import create_frontend
-from pipeline.extract.local import ExtractSummary, extract
+from pipeline.extract.local import ExtractSummary, extract, max_frames_for
 from pipeline.extract.run import FilledStore, fill_store
 from pipeline.paths import locate_store, mel_store_name, read_manifest, store_path
 from pipeline.stores.status import existing_store, staleness
@@ -100,8 +100,9 @@ def ensure_mel_store(
     """
     manifest = read_manifest(data_dir, dataset)
     mel_store = locate_store(data_dir, dataset, mel_store_name(frontend_name))
-    fingerprint = create_frontend(frontend_name).fingerprint()
-    stale = staleness(mel_store, fingerprint, manifest.clip_ids)
+    frontend = create_frontend(frontend_name)
+    room = max_frames_for(manifest, frontend, None)
+    stale = staleness(mel_store, frontend.fingerprint(), manifest.clip_ids, max_frames=room)
     existing = existing_store(mel_store)
     if os.environ.get("RANK", "0") != "0":
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.manifest import Manifest
-from pipeline.extract.local import Encoder, ExtractSummary, extract
+from pipeline.extract.local import Encoder, ExtractSummary, extract, max_frames_for
 from pipeline.paths import read_manifest, store_path
 from pipeline.stores import StoreError
 from pipeline.stores.status import (
@@ -194,7 +194,8 @@ def run_extraction(
     teacher = create_teacher(teacher_name, weights=weights, device=device, **teacher_options)
     out = store_path(data_dir, dataset, name or teacher_name)
     if replace_stale and not options.get("overwrite"):
-        why = staleness(out, teacher.fingerprint(), manifest.clip_ids)
+        room = max_frames_for(manifest, teacher, options.get("max_duration_s"))
+        why = staleness(out, teacher.fingerprint(), manifest.clip_ids, max_frames=room)
         if why:
             say(f"{out} was {why}: extracting it again")
             options["overwrite"] = True

@@ -45,7 +45,13 @@ def existing_store(path: Path) -> ClipStoreReader | None:
         return None
 
 
-def staleness(store: Path, fingerprint: Mapping[str, Any], clip_ids: Sequence[str]) -> str:
+def staleness(
+    store: Path,
+    fingerprint: Mapping[str, Any],
+    clip_ids: Sequence[str],
+    *,
+    max_frames: int | None = None,
+) -> str:
     """Why an existing store cannot be resumed for these settings and clips.
 
     Parameters
@@ -56,12 +62,15 @@ def staleness(store: Path, fingerprint: Mapping[str, Any], clip_ids: Sequence[st
         The settings the store should have been made with (an encoder's ``fingerprint()``).
     clip_ids : sequence of str
         The clips it should hold (the manifest's).
+    max_frames : int, optional
+        The frames per clip it should have room for (the manifest's longest clip, e.g. after
+        a clip's audio was replaced by a longer recording); None: not checked.
 
     Returns
     -------
     str
-        The fingerprint keys that differ, or how the clips differ; "" if the store can be
-        resumed, or if there is no store.
+        The fingerprint keys that differ, how the clips differ, or how their room differs; ""
+        if the store can be resumed, or if there is no store.
     """
     existing = existing_store(store)
     if existing is None:
@@ -70,7 +79,14 @@ def staleness(store: Path, fingerprint: Mapping[str, Any], clip_ids: Sequence[st
     if diff:
         return "made with other settings: " + "; ".join(diff)
     other = clip_difference(existing.clip_ids, clip_ids)
-    return f"made for other clips than the manifest: {other}" if other else ""
+    if other:
+        return f"made for other clips than the manifest: {other}"
+    if max_frames is not None and existing.max_frames != max_frames:
+        return (
+            f"laid out for clips of up to {existing.max_frames} frames, and the manifest's "
+            f"longest clip now has {max_frames}"
+        )
+    return ""
 
 
 def is_stale(store: Path, fingerprint: Mapping[str, Any]) -> bool:
