@@ -380,15 +380,15 @@ def test_a_comparison_runs_on_two_processes_in_one_process_group(tmp_path: Path)
     command[command.index("train")] = "compare"
     command.insert(command.index(DATASET) + 1, "toyteacher")
     out = subprocess.run(
-        [*command, "--seeds", "2", "--no-kd"],
+        [*command, "--seeds", "1", "--no-kd"],
         capture_output=True,
         text=True,
         env=_env(),
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("| no teacher | 2 |") == 1  # printed by rank 0 only
-    assert "| EAsT toyteacher λ=0.9 | 2 |" in out.stdout
+    assert out.stdout.count("| no teacher | 1 |") == 1  # printed by rank 0 only
+    assert "| EAsT toyteacher λ=0.9 | 1 |" in out.stdout
     runs = sorted(p.name for p in (data / "runs" / DATASET).iterdir())
-    assert sum(r.startswith("cp_resnet-") for r in runs) == 4
+    assert sum(r.startswith("cp_resnet-") for r in runs) == 2
     assert (data / "reports" / DATASET / "comparison.json").is_file()

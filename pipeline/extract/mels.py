@@ -101,8 +101,7 @@ def ensure_mel_store(
     manifest = read_manifest(data_dir, dataset)
     mel_store = locate_store(data_dir, dataset, mel_store_name(frontend_name))
     frontend = create_frontend(frontend_name)
-    room = max_frames_for(manifest, frontend, None)
-    stale = staleness(mel_store, frontend.fingerprint(), manifest.clip_ids, max_frames=room)
+    stale = staleness(mel_store, frontend.fingerprint(), manifest.clip_ids)
     existing = existing_store(mel_store)
     if os.environ.get("RANK", "0") != "0":
         return None
@@ -110,6 +109,10 @@ def ensure_mel_store(
     paths = [str(p) for p in manifest.clips["path"]]
     if current and not check_audio(mel_store, manifest.clip_ids, paths).changed:
         return None
+    # Writing into it: its rows must have the room the manifest's clips now need (a store cut
+    # by `mels --max-duration` is read as it is, but is made afresh once it has to be written).
+    room = max_frames_for(manifest, frontend, None)
+    stale = staleness(mel_store, frontend.fingerprint(), manifest.clip_ids, max_frames=room)
     if stale:
         say(f"{mel_store} was {stale}: computing it again")
     elif not current:
