@@ -527,3 +527,24 @@ def test_csv_unknown_split(tmp_path: Path) -> None:
 def test_csv_file_missing(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"nothere\.csv"):
         csv_table(csv=tmp_path / "nothere.csv")
+
+
+def test_manifests_of_the_earlier_metadata_key_are_read(tmp_path: Path) -> None:
+    """Manifests written before the modules moved into stage folders keep their metadata under
+    ``pipeline.manifest``; they are read as they are, and a file without it is refused."""
+    import pyarrow.parquet as pq
+
+    csv = write_csv(tmp_path, ["a,audio/a.wav,train,1,0", "c,audio/c.wav,test,0,1"])
+    manifest = build_manifest("csv", csv=csv, name=None)
+    table = pq.read_table(manifest.write(tmp_path / "m.parquet"))
+    metadata = dict(table.schema.metadata)
+    metadata[b"pipeline.manifest"] = metadata.pop(b"pipeline.data.manifest")
+    pq.write_table(table.replace_schema_metadata(metadata), tmp_path / "old.parquet")
+    old = Manifest.read(tmp_path / "old.parquet")
+    assert old.name == manifest.name and old.classes == manifest.classes
+    pd.testing.assert_frame_equal(old.clips, manifest.clips)
+
+    del metadata[b"pipeline.manifest"]
+    pq.write_table(table.replace_schema_metadata(metadata), tmp_path / "other.parquet")
+    with pytest.raises(ManifestError, match="not a manifest written by this pipeline"):
+        Manifest.read(tmp_path / "other.parquet")

@@ -35,6 +35,8 @@ REJECTED_COLUMNS = ("clip_id", "path", "cause")
 # More rejected rows than this fraction is an error (a wrong folder, not a few bad clips).
 MAX_REJECTED_FRACTION = 0.5
 _META_KEY = b"pipeline.data.manifest"
+# The same metadata in manifests written before the modules moved into stage folders.
+_LEGACY_META_KEY = b"pipeline.manifest"
 
 
 class ManifestError(ValueError):
@@ -215,7 +217,8 @@ class Manifest:
             If the file has no manifest metadata (not written by this pipeline).
         """
         table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(_META_KEY)
+        metadata = table.schema.metadata or {}
+        raw = metadata.get(_META_KEY, metadata.get(_LEGACY_META_KEY))
         if raw is None:
             raise ManifestError(f"{path}: not a manifest written by this pipeline")
         meta = json.loads(raw)
