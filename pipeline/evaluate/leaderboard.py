@@ -137,7 +137,7 @@ def teacher_label(fingerprint: dict[str, Any]) -> str:
     str
     """
     options = [
-        f"{k}={v}"
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in sorted(fingerprint.items())
         if k not in _NOT_OPTIONS
         and not k.endswith("sha256")
