@@ -286,17 +286,23 @@ def test_the_records_are_the_audio_embedded(tmp_path, clips):
     assert attributes["node_type"] == "group"
 
 
-def test_a_rebuilt_dataset_through_the_command_line(tmp_path, monkeypatch, capsys):
-    """``make data`` then ``make extract``: the manifest rebuilt, extract --replace-stale."""
-    folder = tmp_path / "audio"
+def _csv_dataset(root: Path) -> tuple[Path, Path]:
+    """The clips of :data:`SECONDS` as ``root/audio/c<i>.wav`` and a CSV naming them."""
+    folder = root / "audio"
     folder.mkdir()
     for i, seconds in enumerate(SECONDS):
         _write(folder / f"c{i}.wav", seconds, seed=i)
-    table = tmp_path / "clips.csv"
+    table = root / "clips.csv"
     table.write_text(
         "clip_id,path,split,a\n"
         + "".join(f"c{i},{folder}/c{i}.wav,train,0\n" for i in range(len(SECONDS)))
     )
+    return folder, table
+
+
+def test_a_rebuilt_dataset_through_the_command_line(tmp_path, monkeypatch, capsys):
+    """``make data`` then ``make extract``: the manifest rebuilt, extract --replace-stale."""
+    folder, table = _csv_dataset(tmp_path)
     data = ["--data-dir", str(tmp_path / "data")]
     teacher = FrameMeans()
     monkeypatch.setattr(pipeline.teachers, "create_teacher", lambda *a, **k: teacher)
@@ -361,15 +367,7 @@ def test_with_hashing_a_copied_dataset_is_not_extracted_again(tmp_path, clips):
 def test_a_clip_replaced_by_a_longer_one_gives_the_store_more_room(tmp_path, monkeypatch, capsys):
     """The replaced clip is now the longest: the store's rows are too short for it, so the
     store is laid out again and extracted afresh, saying why (not "another layout", exit 2)."""
-    folder = tmp_path / "audio"
-    folder.mkdir()
-    for i, seconds in enumerate(SECONDS):
-        _write(folder / f"c{i}.wav", seconds, seed=i)
-    table = tmp_path / "clips.csv"
-    table.write_text(
-        "clip_id,path,split,a\n"
-        + "".join(f"c{i},{folder}/c{i}.wav,train,0\n" for i in range(len(SECONDS)))
-    )
+    folder, table = _csv_dataset(tmp_path)
     data = ["--data-dir", str(tmp_path / "data")]
     monkeypatch.setattr(pipeline.teachers, "create_teacher", lambda *a, **k: FrameMeans())
     extract_argv = [*data, "extract", "toy", "musicnn", "--replace-stale", "--jobs", "1", "-q"]
