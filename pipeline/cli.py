@@ -46,6 +46,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from pipeline.data import source as sources
     from pipeline.data.datasets import build_manifest, list_datasets
     from pipeline.data.manifest import ManifestError
+    from pipeline.stamps import refresh_data_stamp
 
     given = {key: getattr(args, key) for key in sources.SOURCE_OPTIONS}
     recorded = sources.read_source(args.data_dir, args.dataset)
@@ -66,8 +67,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
         out_dir=args.data_dir / "datasets" / args.dataset,
         **sources.builder_options(record),
     )
-    out = manifest.write(manifest_path(args.data_dir, args.dataset))
     sources.write_source(args.data_dir, args.dataset, record)
+    audio = [*manifest.clips["path"], *(r.path for r in manifest.rejected)]
+    sources.write_audio_list(args.data_dir, args.dataset, audio)
+    refresh_data_stamp(args.data_dir, args.dataset)  # before the manifest: see its doc
+    out = manifest.write(manifest_path(args.data_dir, args.dataset))
     rejected_csv = manifest.write_rejected(rejected_path(args.data_dir, args.dataset))
     counts = manifest.clips["split"].value_counts().to_dict()
     known = manifest.mask().mean()

@@ -10,8 +10,9 @@ it writes ``data/stamps/<stage>-<key>.params`` holding a hash of
 The data stage's parameters are the dataset's source: when ``CSV``, ``ROOT``, ``SPLITS`` and
 ``CLIPS`` are all empty, the source recorded when its manifest was built
 (:mod:`pipeline.data.source`) stands in for them, so later commands need only ``DATASET=``;
-paths count as absolute paths, and a CSV's size and modification time count too (editing the
-table rebuilds the manifest).
+paths count as absolute paths, and the sizes and modification times of the CSV and of the
+audio files the manifest lists count too (editing the table, or replacing audio in place,
+rebuilds the manifest, and the stores then extract the changed clips again).
 
 A file is rewritten only when that hash differs, so its modification time moves exactly when a
 stage's inputs change, and Make's ordinary timestamp rules rerun that stage and what follows it.
@@ -25,15 +26,18 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.data.source import MAKE_VARIABLES, make_values, read_source
+from pipeline.data.source import MAKE_VARIABLES, audio_digest, make_values, read_source
 
 PACKAGE = Path(__file__).resolve().parent
 
 COMMON = ["__init__.py", "paths.py", "fileio.py", "cli*.py", "stores/*.py", "data/*.py"]
 STAGES: dict[str, tuple[list[str], list[str]]] = {
     # stage: (Make variables that are its parameters, source files it runs)
-    # CSV_FILE: the CSV's size and modification time (see data_parameters)
-    "data": (["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS", "CSV_FILE"], ["data/datasets/*.py"]),
+    # CSV_FILE, AUDIO: the CSV's and the audio files' sizes and times (see data_parameters)
+    "data": (
+        ["DATASET", "ROOT", "CSV", "SPLITS", "CLIPS", "CSV_FILE", "AUDIO"],
+        ["data/datasets/*.py"],
+    ),
     "extract": (
         ["DATASET", "WEIGHTS", "TEACHER_OPTS"],
         [
@@ -90,7 +94,8 @@ def data_parameters(env: dict[str, str]) -> dict[str, str]:
 
     Empty ``CSV``, ``ROOT``, ``SPLITS`` and ``CLIPS`` are filled from the dataset's recorded
     source, if any; paths become absolute; ``CSV_FILE`` holds the CSV's size and modification
-    time (empty without a readable CSV).
+    time (empty without a readable CSV), ``AUDIO`` a hash of the sizes and times of the audio
+    files the manifest was built from (:func:`pipeline.data.source.audio_digest`).
     """
     values = {variable: env.get(variable, "") for variable in MAKE_VARIABLES}
     if not any(values.values()):
@@ -103,6 +108,7 @@ def data_parameters(env: dict[str, str]) -> dict[str, str]:
     except OSError:
         info = None
     values["CSV_FILE"] = f"{info.st_size}:{info.st_mtime_ns}" if info else ""
+    values["AUDIO"] = audio_digest(env.get("DATA", "data"), env.get("DATASET", ""))
     return {**env, **values}
 
 
@@ -128,6 +134,21 @@ def stamps_for(env: dict[str, str]) -> dict[str, str]:
         out[key] = digest("extract", env, code)
     out[f"train-{train_key(env)}"] = digest("train", env)
     return out
+
+
+def refresh_data_stamp(data_dir: str | os.PathLike, dataset: str) -> bool:
+    """Rewrite the data stage's stamp as the next ``make`` will compute it.
+
+    The stamp covers the manifest's source record and audio list, which the ``data`` command
+    writes; it calls this after writing them and before writing the manifest, so the manifest
+    is newer than its stamp and the next ``make`` finds the stage done (not run twice).
+    Make's variables are read from the environment, as ``make`` exports them.
+
+    Returns True if the stamp was rewritten.
+    """
+    env = {**os.environ, "DATA": str(data_dir), "DATASET": dataset}
+    content = digest("data", data_parameters(env)) + "\n"
+    return write_if_changed(Path(data_dir) / "stamps" / f"data-{dataset}.params", content)
 
 
 def main() -> int:

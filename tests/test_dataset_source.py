@@ -66,8 +66,10 @@ def test_unknown_dataset_without_record_is_still_an_error(tmp_path: Path, capsys
 
 def test_the_data_stamp_follows_the_recorded_source(tmp_path: Path, monkeypatch) -> None:
     data, csv = tmp_path / "data", write_clips(tmp_path / "audio")
-    given = data_stamp(data, CSV=str(csv))
     assert main(["--data-dir", str(data), "data", "mine", "--csv", str(csv)]) == 0
+    given = data_stamp(data, CSV=str(csv))
+    written = (data / "stamps" / "data-mine.params").read_text()
+    assert written == given + "\n", "data leaves the stamp the next make computes"
 
     assert data_stamp(data) == given, "no source given: the recorded one stands in"
     monkeypatch.chdir(tmp_path)
@@ -75,6 +77,14 @@ def test_the_data_stamp_follows_the_recorded_source(tmp_path: Path, monkeypatch)
 
     other = write_clips(tmp_path / "other", tag="b")
     assert data_stamp(data, CSV=str(other)) != given, "another source rebuilds"
+
+    # The audio files the manifest lists: replaced, or gone.
+    (csv.parent / "c1.wav").write_bytes((csv.parent / "c0.wav").read_bytes()[:-2])
+    assert data_stamp(data) != given
+    assert main(["--data-dir", str(data), "data", "mine"]) == 0
+    given = data_stamp(data)
+    (csv.parent / "c1.wav").unlink()
+    assert data_stamp(data) != given
 
     # Editing the table rebuilds too (its size or modification time changes).
     csv.write_text(csv.read_text() + "\n")
@@ -101,4 +111,11 @@ def test_make_needs_only_the_dataset_name_after_data(tmp_path: Path) -> None:
     planned = make("-n", "extract", "DATASET=mine", "TEACHER=musicnn")
     assert " data mine" not in planned, planned
     assert " extract mine musicnn" in planned
+    assert "Nothing to be done" in make("data", "DATASET=mine")
+
+    # Audio replaced in place (same CSV): the manifest is rebuilt (its durations), once.
+    sf.write(csv.parent / "c2.wav", np.zeros(24000), 16000)
+    planned = make("-n", "extract", "DATASET=mine", "TEACHER=musicnn")
+    assert " data mine" in planned and " extract mine musicnn" in planned
+    assert "building from its recorded source" in make("data", "DATASET=mine")
     assert "Nothing to be done" in make("data", "DATASET=mine")

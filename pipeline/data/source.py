@@ -12,17 +12,24 @@ parameter stamp of the data stage (:mod:`pipeline.stamps`) fills empty ``CSV``, 
 CSV=...`` finds the data stage unchanged. Giving any source option describes a new source,
 which rebuilds the manifest and replaces the record. Paths are recorded absolute.
 
+The audio files a manifest was built from (its clips' and its rejected rows') are listed next to
+it (``NAME.audio.txt``, one path per line): :func:`audio_digest` hashes their sizes and
+modification times, so audio replaced in place makes Make rebuild the manifest (its durations)
+and the stores then extract the changed clips again.
+
 Only the standard library is imported here: :mod:`pipeline.stamps` runs on every ``make``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.fileio import write_json
+from pipeline.fileio import write_json, write_text
 
 #: The options of ``data`` that describe a source, in the record's order.
 SOURCE_OPTIONS = ("root", "csv", "split_dir", "clips", "seed")
@@ -153,6 +160,76 @@ def builder_options(record: dict[str, Any]) -> dict[str, Any]:
         if options[key] is not None:
             options[key] = Path(options[key])
     return options
+
+
+def audio_list_path(data_dir: str | os.PathLike, dataset: str) -> Path:
+    """Where the list of a dataset's audio files lives.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        Root of everything generated.
+    dataset : str
+        The dataset's name.
+
+    Returns
+    -------
+    Path
+        ``<data_dir>/manifests/<dataset>.audio.txt``.
+    """
+    return Path(data_dir) / "manifests" / f"{dataset}.audio.txt"
+
+
+def write_audio_list(data_dir: str | os.PathLike, dataset: str, paths: Iterable[str]) -> Path:
+    """List the audio files a manifest was built from (atomically), one path per line.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        Root of everything generated.
+    dataset : str
+        The dataset's name.
+    paths : iterable of str
+        The clips' paths and those of the rows left out (a file that appears later counts).
+
+    Returns
+    -------
+    Path
+        The list's file.
+    """
+    lines = sorted({str(p) for p in paths if p and "\n" not in str(p)})
+    return write_text(audio_list_path(data_dir, dataset), "".join(f"{p}\n" for p in lines))
+
+
+def audio_digest(data_dir: str | os.PathLike, dataset: str) -> str:
+    """A hash of the size and modification time of each listed audio file ("missing" for one
+    that is not there).
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        Root of everything generated.
+    dataset : str
+        The dataset's name.
+
+    Returns
+    -------
+    str
+        Hex digest; "" when there is no list (a manifest built before lists were written).
+        One ``stat`` per file: about a second per million files on a local disk.
+    """
+    try:
+        lines = audio_list_path(data_dir, dataset).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    digest = hashlib.sha256()
+    for path in lines:
+        try:
+            info = os.stat(path)
+            digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
 
 
 def make_values(record: dict[str, Any]) -> dict[str, str]:
