@@ -82,7 +82,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     )
     if not manifest.rejected:
         return 0
-    print(f"{len(manifest.rejected)} rows left out (also in {rejected_csv}):")
+    rows = len(manifest.rejected)
+    print(f"{rows} row{'s' if rows != 1 else ''} left out (also in {rejected_csv}):")
     for rejection in manifest.rejected:
         print(f"  rejected {rejection}")
     return 1

@@ -50,7 +50,8 @@ class FilledStore:
         lines = [head]
         if failed:
             width = min(CLIP_COLUMN_MAX, max(len("clip"), *(len(c) for c in failed)))
-            lines.append(f"{len(failed)} clips failed (also in {self.failures_csv}):")
+            clips = f"{len(failed)} clip{'s' if len(failed) != 1 else ''}"
+            lines.append(f"{clips} failed (also in {self.failures_csv}):")
             lines.append(f"  {'clip':<{width}}  cause")
             lines += [f"  {clip:<{width}}  {cause}" for clip, cause in sorted(failed.items())]
         lines += [f"  padded {clip}: {note}" for clip, note in sorted(self.summary.padded.items())]
