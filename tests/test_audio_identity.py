@@ -388,3 +388,21 @@ def test_a_clip_replaced_by_a_longer_one_gives_the_store_more_room(tmp_path, mon
         np.testing.assert_array_equal(
             store.read(f"c{i}"), read_store(tmp_path / "f.zarr").read(f"c{i}")
         )
+
+
+def test_results_computed_from_a_store_see_new_audio_of_the_same_length(tmp_path, clips):
+    """Probes are cached by the store's content version: clips extracted again from other audio
+    of the same length (same fingerprint, same frame counts) give another version."""
+    from pipeline.stores.status import content_version
+
+    manifest = _manifest(clips)
+    _run(manifest, tmp_path / "s.zarr", FrameMeans())
+    before = content_version(read_store(tmp_path / "s.zarr"))
+    _run(manifest, tmp_path / "s.zarr", FrameMeans())
+    assert content_version(read_store(tmp_path / "s.zarr")) == before, "nothing changed"
+
+    _write(clips[1], SECONDS[1], seed=99)
+    summary, _ = _run(manifest, tmp_path / "s.zarr", FrameMeans())
+    store = read_store(tmp_path / "s.zarr")
+    assert list(summary.audio_changed) == ["c1"] and store.n_frames[1] == 2
+    assert content_version(store) != before

@@ -42,6 +42,7 @@ from pipeline.evaluate.scoring import (
 from pipeline.fileio import atomic_path, file_sha256, write_json
 from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
 from pipeline.stores import read_store
+from pipeline.stores.status import content_version
 from pipeline.students import create_student
 from pipeline.train.config import RECIPE, TrainConfig, of_current_recipe
 from pipeline.train.loader import ClipDataset, collate
@@ -182,8 +183,10 @@ def evaluate_probe(
     data_dir = Path(data_dir)
     teacher_store = locate_store(data_dir, dataset, teacher)
     mel = locate_store(data_dir, dataset, mel_store_name(frontend))
+    reader = read_store(teacher_store)
     source = {
-        "teacher_fingerprint": read_store(teacher_store).fingerprint,
+        "teacher_fingerprint": reader.fingerprint,
+        "store_content": content_version(reader),
         "seed": seed,
         "code": _code_digest(),
     }

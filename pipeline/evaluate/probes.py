@@ -42,6 +42,7 @@ from pipeline.evaluate.scoring import load_predictions, save_predictions, score_
 from pipeline.fileio import file_sha256, write_json
 from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest
 from pipeline.stores import COMPLETE_MARKER, ClipStoreReader, read_store
+from pipeline.stores.status import content_version
 from pipeline.train.config import TrainConfig
 from pipeline.train.loader import mean_embeddings
 from pipeline.train.presets import paper_probe_lr, probe_standardises
@@ -192,13 +193,6 @@ def _code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _store_digest(store: ClipStoreReader) -> str:
-    """The store's clips and frame counts: a store made again with failures fixed differs."""
-    digest = hashlib.sha256("\0".join(store.clip_ids).encode())
-    digest.update(np.asarray(store.n_frames, dtype=np.int64).tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _split_data(
     manifest: Manifest, store: ClipStoreReader
 ) -> tuple[dict[str, tuple], dict[str, str]]:
@@ -276,7 +270,7 @@ def probe_store(
     manifest = read_manifest(data_dir, dataset)
     base = {
         "store_fingerprint": reader.fingerprint,
-        "store_frames": _store_digest(reader),
+        "store_content": content_version(reader),
         "manifest_sha256": file_sha256(manifest_path(data_dir, dataset)),
         "code": _code_digest(),
     }

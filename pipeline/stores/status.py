@@ -7,14 +7,18 @@ says about where it failed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.data.manifest import clip_difference
 from pipeline.fileio import write_csv
-from pipeline.stores import read_store
+from pipeline.stores import markers, read_store
 from pipeline.stores.base import ClipStoreReader, StoreError
 from pipeline.stores.fingerprint import fingerprint_diff
 
@@ -23,6 +27,31 @@ from pipeline.stores.fingerprint import fingerprint_diff
 # ``shard-<shard>.json`` in stores of the legacy layout).
 _CHUNK_PATH = re.compile(r"[/\\]data[/\\]c[/\\](\d+)[/\\]")
 _SHARD_MARKER = re.compile(r"shard-(\d+)(?:\.json|[/\\]zarr\.json)")
+
+
+def content_version(store: ClipStoreReader) -> str:
+    """A short hash of what a store's values were made from beyond its fingerprint: its clips,
+    their frame counts and the audio each shard recorded (:mod:`pipeline.extract.audio_identity`).
+
+    Results computed from a store (probes) keep it, so a store whose failed clips were fixed or
+    whose clips were extracted again from new audio is not taken for the one they were computed
+    from, although its fingerprint is the same.
+
+    Parameters
+    ----------
+    store : ClipStoreReader
+        A Zarr or HDF5 store (an HDF5 export records no audio: clips and frame counts only).
+
+    Returns
+    -------
+    str
+        16 hex digits.
+    """
+    digest = hashlib.sha256("\0".join(store.clip_ids).encode())
+    digest.update(np.asarray(store.n_frames, dtype=np.int64).tobytes())
+    records = {k: m.get("audio") for k, m in markers.shard_markers(Path(store.path)).items()}
+    digest.update(json.dumps(records, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def existing_store(path: Path) -> ClipStoreReader | None:
