@@ -406,3 +406,22 @@ def test_results_computed_from_a_store_see_new_audio_of_the_same_length(tmp_path
     store = read_store(tmp_path / "s.zarr")
     assert list(summary.audio_changed) == ["c1"] and store.n_frames[1] == 2
     assert content_version(store) != before
+
+
+def test_a_finished_run_says_its_store_changed_since(tmp_path, clips):
+    """A student trained before its store's clips were extracted again keeps its name (same
+    fingerprints): training says the store changed instead of silently reusing the run."""
+    from types import SimpleNamespace
+
+    from pipeline.train.checkpoints import changed_stores, write_run_files
+
+    manifest = _manifest(clips)
+    store = tmp_path / "s.zarr"
+    _run(manifest, store, FrameMeans())
+    data = SimpleNamespace(mel_path=store, teacher_paths=[], train_set=SimpleNamespace(skipped={}))
+    write_run_files(tmp_path / "run", {}, data)
+    assert changed_stores(tmp_path / "run") == []
+
+    _write(clips[2], SECONDS[2], seed=42)
+    _run(manifest, store, FrameMeans())
+    assert changed_stores(tmp_path / "run") == ["s.zarr"]

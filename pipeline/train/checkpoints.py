@@ -28,7 +28,8 @@ import torch
 import pipeline
 from pipeline.fileio import atomic_path, write_json, write_text
 from pipeline.paths import runs_path
-from pipeline.stores import read_store
+from pipeline.stores import StoreError, read_store
+from pipeline.stores.status import content_version
 from pipeline.students import Student
 from pipeline.train.config import RECIPE, TrainConfig
 from pipeline.train.data import TrainingData, store_paths
@@ -139,11 +140,46 @@ def write_run_files(run_dir: Path, config: dict[str, Any], data: TrainingData) -
     run_dir.mkdir(parents=True, exist_ok=True)
     # json.dumps' ASCII escapes, as in the config.json of every run on disk.
     write_text(run_dir / "config.json", json.dumps(config, indent=2))
-    stores = {
-        str(p): {"fingerprint": read_store(p).fingerprint, "skipped": data.train_set.skipped}
-        for p in (data.mel_path, *data.teacher_paths)
-    }
+    stores = {}
+    for path in (data.mel_path, *data.teacher_paths):
+        store = read_store(path)
+        stores[str(path)] = {
+            "fingerprint": store.fingerprint,
+            "content": content_version(store),
+            "skipped": data.train_set.skipped,
+        }
     write_json(run_dir / "stores.json", stores)
+
+
+def changed_stores(run_dir: Path) -> list[str]:
+    """The stores a finished run read whose content changed since (clips extracted again from
+    new audio, failed clips fixed; :func:`pipeline.stores.status.content_version`).
+
+    Their fingerprints are the same, so the run keeps its name and is not trained again on its
+    own: the caller says so.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder, with the ``stores.json`` of :func:`write_run_files`.
+
+    Returns
+    -------
+    list of str
+        The changed stores' folder names; none for runs that recorded no content version, and
+        for stores that are gone.
+    """
+    path = run_dir / "stores.json"
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    changed = []
+    for store, entry in recorded.items():
+        try:
+            now = content_version(read_store(Path(store)))
+        except (StoreError, FileNotFoundError):
+            continue
+        if entry.get("content") not in (None, now):
+            changed.append(Path(store).name)
+    return changed
 
 
 def fresh_state() -> dict[str, Any]:

@@ -71,6 +71,7 @@ from pipeline.students import count_parameters, create_student, on_device
 from pipeline.train.checkpoints import (
     BEST,
     SUMMARY,
+    changed_stores,
     inference_checkpoint,
     read_summary,
     resume,
@@ -171,7 +172,9 @@ def _train(
     run_dir = run_dir_for(cfg, data_dir)
     if (done := read_summary(run_dir)) is not None:
         best_map = -math.inf if done["best_valid_map"] is None else done["best_valid_map"]
-        say(f"{run_dir}: already trained (best valid mAP {best_map:.4f})")
+        changed = ", ".join(changed_stores(run_dir))
+        note = f"; {changed} changed since: delete the folder to train it again" if changed else ""
+        say(f"{run_dir}: already trained (best valid mAP {best_map:.4f}){note}")
         return TrainResult(run_dir, done["best_epoch"], best_map, done["epochs"], -1)
     config = run_config(cfg, run_dir, data)
     if main:
