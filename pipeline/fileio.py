@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import inspect
 import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 PARTIAL_SUFFIX = ".partial"
@@ -75,8 +77,23 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @cache
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return content_sha256(path)
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read afresh on every call (nothing cached: a file
+    rewritten with the same size and modification time is seen as it is now)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+def source_digest(modules: Iterable[ModuleType]) -> str:
+    """16 hex digits of a hash of the modules' source code, in order: results keyed by it are
+    computed again when that code changes."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]

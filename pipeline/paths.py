@@ -62,6 +62,42 @@ def rejected_path(data_dir: Path, dataset: str) -> Path:
     return data_dir / "manifests" / f"{dataset}.rejected.csv"
 
 
+def source_record_path(data_dir: Path, dataset: str) -> Path:
+    """The record of how the dataset's manifest was made (:mod:`pipeline.data.source`).
+
+    Parameters
+    ----------
+    data_dir : Path
+        Root of everything generated.
+    dataset : str
+        The dataset's name.
+
+    Returns
+    -------
+    Path
+        ``<data_dir>/manifests/<dataset>.source.json``.
+    """
+    return Path(data_dir) / "manifests" / f"{dataset}.source.json"
+
+
+def audio_list_path(data_dir: Path, dataset: str) -> Path:
+    """The list of the audio files the dataset's manifest was built from, one path per line.
+
+    Parameters
+    ----------
+    data_dir : Path
+        Root of everything generated.
+    dataset : str
+        The dataset's name.
+
+    Returns
+    -------
+    Path
+        ``<data_dir>/manifests/<dataset>.audio.txt``.
+    """
+    return Path(data_dir) / "manifests" / f"{dataset}.audio.txt"
+
+
 def read_manifest(data_dir: Path, dataset: str) -> Manifest:
     """The dataset's manifest, or a FileNotFoundError saying how to build it.
 

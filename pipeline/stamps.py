@@ -147,15 +147,18 @@ def refresh_data_stamp(data_dir: str | os.PathLike, dataset: str) -> bool:
     Returns True if the stamp was rewritten.
     """
     env = {**os.environ, "DATA": str(data_dir), "DATASET": dataset}
-    content = digest("data", data_parameters(env)) + "\n"
-    return write_if_changed(Path(data_dir) / "stamps" / f"data-{dataset}.params", content)
+    return write_stamp(data_dir, f"data-{dataset}", digest("data", data_parameters(env)))
+
+
+def write_stamp(data_dir: str | os.PathLike, name: str, content: str) -> bool:
+    """Write ``<data_dir>/stamps/<name>.params`` unless it already holds ``content``."""
+    return write_if_changed(Path(data_dir) / "stamps" / f"{name}.params", content + "\n")
 
 
 def main() -> int:
-    stamps = Path(os.environ.get("DATA", "data")) / "stamps"
     env = dict(os.environ)
     for name, content in stamps_for(env).items():
-        write_if_changed(stamps / f"{name}.params", content + "\n")
+        write_stamp(env.get("DATA", "data"), name, content)
     if "--print-train-key" in sys.argv:
         print(train_key(env))
     return 0

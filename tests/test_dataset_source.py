@@ -11,7 +11,8 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.cli import main
-from pipeline.data.source import read_source, source_record_path
+from pipeline.data.source import read_source
+from pipeline.paths import source_record_path
 from pipeline.stamps import stamps_for
 
 REPO = Path(__file__).resolve().parents[1]

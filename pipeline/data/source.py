@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.fileio import write_json, write_text
+from pipeline.paths import audio_list_path, source_record_path
 
 #: The options of ``data`` that describe a source, in the record's order.
 SOURCE_OPTIONS = ("root", "csv", "split_dir", "clips", "seed")
@@ -37,24 +38,6 @@ SOURCE_OPTIONS = ("root", "csv", "split_dir", "clips", "seed")
 PATH_OPTIONS = ("root", "csv", "split_dir")
 #: Make's variable for each option it can set (``seed`` has none).
 MAKE_VARIABLES = {"ROOT": "root", "CSV": "csv", "SPLITS": "split_dir", "CLIPS": "clips"}
-
-
-def source_record_path(data_dir: str | os.PathLike, dataset: str) -> Path:
-    """Where the record of a dataset's source lives.
-
-    Parameters
-    ----------
-    data_dir : str or os.PathLike
-        Root of everything generated.
-    dataset : str
-        The dataset's name.
-
-    Returns
-    -------
-    Path
-        ``<data_dir>/manifests/<dataset>.source.json``.
-    """
-    return Path(data_dir) / "manifests" / f"{dataset}.source.json"
 
 
 def describe(source: str, **options: Any) -> dict[str, Any]:
@@ -160,24 +143,6 @@ def builder_options(record: dict[str, Any]) -> dict[str, Any]:
         if options[key] is not None:
             options[key] = Path(options[key])
     return options
-
-
-def audio_list_path(data_dir: str | os.PathLike, dataset: str) -> Path:
-    """Where the list of a dataset's audio files lives.
-
-    Parameters
-    ----------
-    data_dir : str or os.PathLike
-        Root of everything generated.
-    dataset : str
-        The dataset's name.
-
-    Returns
-    -------
-    Path
-        ``<data_dir>/manifests/<dataset>.audio.txt``.
-    """
-    return Path(data_dir) / "manifests" / f"{dataset}.audio.txt"
 
 
 def write_audio_list(data_dir: str | os.PathLike, dataset: str, paths: Iterable[str]) -> Path:

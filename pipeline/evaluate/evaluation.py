@@ -15,8 +15,6 @@ with the same source does nothing.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import os
 import sys
@@ -39,7 +37,7 @@ from pipeline.evaluate.scoring import (
     save_predictions,
     score_report,
 )
-from pipeline.fileio import atomic_path, file_sha256, write_json
+from pipeline.fileio import atomic_path, file_sha256, source_digest, write_json
 from pipeline.paths import locate_store, manifest_path, mel_store_name, runs_path
 from pipeline.stores import read_store
 from pipeline.stores.status import content_version
@@ -53,11 +51,8 @@ from pipeline.train.steps import predict_logits
 
 def _code_digest() -> str:
     """This module's code, the scoring's and the probe recipe's: a change evaluates again."""
-    digest = hashlib.sha256()
     modules = (pipeline.evaluate.scoring, pipeline.train.probe, pipeline.train.schedule)
-    for module in (sys.modules[__name__], *modules):
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()[:16]
+    return source_digest((sys.modules[__name__], *modules))
 
 
 def _is_current(folder: Path, source: dict[str, Any]) -> bool:

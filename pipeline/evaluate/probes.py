@@ -19,7 +19,6 @@ and more seeds fit only the new ones. The ranking with its uncertainty is in
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -39,7 +38,7 @@ import pipeline.train.probe
 import pipeline.train.schedule
 from pipeline.data.manifest import Manifest
 from pipeline.evaluate.scoring import load_predictions, save_predictions, score_report
-from pipeline.fileio import file_sha256, write_json
+from pipeline.fileio import file_sha256, source_digest, write_json
 from pipeline.paths import locate_store, manifest_path, mel_store_name, read_manifest
 from pipeline.stores import COMPLETE_MARKER, ClipStoreReader, read_store
 from pipeline.stores.status import content_version
@@ -187,10 +186,7 @@ def usable_clips(store: ClipStoreReader, clip_ids: Sequence[str]) -> tuple[list[
 def _code_digest() -> str:
     """This module's code and the probe recipe's: a change fits the probes again."""
     modules = (pipeline.train.probe, pipeline.train.schedule, pipeline.train.loader)
-    digest = hashlib.sha256()
-    for module in (sys.modules[__name__], pipeline.evaluate.metrics, *modules):
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()[:16]
+    return source_digest((sys.modules[__name__], pipeline.evaluate.metrics, *modules))
 
 
 def _split_data(

@@ -27,7 +27,6 @@ which audio they were made from.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -35,33 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.fileio import content_sha256
 from pipeline.stores import markers
 
 #: Clips named in a line before "… and N more".
 NAMED_CLIPS = 5
-_BLOCK_BYTES = 1 << 22
 # Recorded field → the words that name its change.
 _FIELDS = (("path", "path"), ("size", "size"), ("mtime_ns", "modification time"))
-
-
-def content_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read afresh on every call (nothing cached).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        An existing file.
-
-    Returns
-    -------
-    str
-        64 hex digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def audio_identity(path: str | os.PathLike, *, content_hash: bool = False) -> dict[str, Any]:

@@ -111,8 +111,9 @@ def ensure_mel_store(
         return None
     # Writing into it: its rows must have the room the manifest's clips now need (a store cut
     # by `mels --max-duration` is read as it is, but is made afresh once it has to be written).
-    room = max_frames_for(manifest, frontend, None)
-    stale = staleness(mel_store, frontend.fingerprint(), manifest.clip_ids, max_frames=room)
+    if not stale:
+        room = max_frames_for(manifest, frontend, None)
+        stale = staleness(mel_store, frontend.fingerprint(), manifest.clip_ids, max_frames=room)
     if stale:
         say(f"{mel_store} was {stale}: computing it again")
     elif not current:
