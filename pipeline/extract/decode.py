@@ -162,13 +162,17 @@ def _spill_root() -> str | None:
     return "/dev/shm" if stat.f_bavail * stat.f_frsize >= SHARED_MEMORY_MIN_FREE_BYTES else None
 
 
-def _die_with_parent() -> None:
-    """Run in each decode worker: the kernel kills it when the extracting process dies, even
-    by SIGKILL; otherwise it would idle until the pool's 300 s timeout (Linux only)."""
+def _die_with_parent(parent: int) -> None:
+    """Run in each decode worker: the kernel kills it when the extracting process (``parent``)
+    dies, even by SIGKILL; otherwise it would idle until the pool's 300 s timeout, holding the
+    resource tracker open so that the spill folder stays (Linux only). A worker whose parent
+    died while it was starting, before this ran, is never signalled: it exits here."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def decode_ahead(
@@ -204,7 +208,9 @@ def decode_ahead(
         return
     # joblib's own reusable worker pool, the one its Parallel shares (idle workers exit after
     # 300 s); a pool of another class would clash with Parallel's in the same process.
-    executor = get_memmapping_executor(jobs, timeout=300, initializer=_die_with_parent)
+    executor = get_memmapping_executor(
+        jobs, timeout=300, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
     folder = tempfile.mkdtemp(prefix="pipeline-decode-", dir=spill_dir or _spill_root())
     resource_tracker.register(folder, "folder")  # deleted by the tracker if this process dies
     pending = deque(
